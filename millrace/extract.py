@@ -1,0 +1,211 @@
+"""Text extraction with Apache Tika's real parsers: an in-process JVM (default) or a remote tika-server."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from millrace.config import ConfigError, Settings
+from millrace.records import Document, SourceObject
+from millrace.xhtml import xhtml_to_pages
+
+TIKA_VERSION = "3.3.1"
+
+
+class ExtractError(Exception):
+    """A per-document failure; `reason` is a short code, `detail` the parser's words."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+class Extractor(Protocol):
+    def extract(self, obj: SourceObject, data: bytes) -> Document: ...
+
+
+def find_tika_jar(settings: Settings) -> Path:
+    """The tika-app jar: MILLRACE_TIKA_JAR, else the one `millrace setup-tika` put beside the venv."""
+    candidates = [settings.tika_jar] if settings.tika_jar else []
+    candidates += sorted(glob.glob(os.path.join(sys.prefix, "share", "millrace", "tika-app-*.jar")))
+    candidates += sorted(glob.glob(str(settings.home / "tika" / "tika-app-*.jar")))
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise ConfigError("no Tika jar found: run `millrace setup-tika` (or `make demo`), or set MILLRACE_TIKA_JAR "
+                      "to a tika-app 3.x jar, or MILLRACE_TIKA_ENDPOINT to a tika-server")
+
+
+def _title(meta: dict[str, Any], obj: SourceObject) -> str:
+    title = meta.get("dc:title") or meta.get("title") or ""
+    if isinstance(title, list):
+        title = title[0] if title else ""
+    return str(title).strip() or obj.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, Any]) -> Document:
+    """Shared by both backends: XHTML + metadata -> Document, or ExtractError when there is no text."""
+    pages = xhtml_to_pages(xhtml)
+    content_type = str(meta.get("Content-Type", "")).split(";")[0].strip()
+    if not any(p.text for p in pages):
+        if "EmptyParser" in str(meta.get("X-TIKA:Parsed-By", "")) or content_type == "application/octet-stream":
+            raise ExtractError("unsupported", f"no Tika parser for content type {content_type or 'unknown'}")
+        raise ExtractError("no_text", f"{content_type}: no extractable text (image-only or scanned? OCR is off)")
+    page_count = meta.get("xmpTPg:NPages") or meta.get("meta:page-count") or meta.get("meta:slide-count") or 0
+    keep = {k: v for k, v in meta.items() if k in ("dc:creator", "dcterms:created", "dcterms:modified",
+                                                       "Content-Encoding", "dc:subject")}
+    return Document(
+        doc_id=obj.doc_id, source_uri=obj.uri, fingerprint=obj.fingerprint,
+        content_hash=hashlib.sha256(data).hexdigest(), content_type=content_type,
+        title=_title(meta, obj)[:500], language=str(meta.get("dc:language", "") or "")[:16],
+        page_count=int(str(page_count).split(",")[0] or 0) if str(page_count).split(",")[0].isdigit() else 0,
+        pages=[p for p in pages if p.text], metadata={k: str(v)[:500] for k, v in keep.items()},
+    )
+
+
+class _Jvm:
+    """One JVM per process (a JVM cannot be restarted), shared by every TikaJvmExtractor in it."""
+
+    lock = threading.Lock()
+    parser = None
+
+    @classmethod
+    def get_parser(cls, jar: Path, heap: str):
+        with cls.lock:
+            if cls.parser is None:
+                import jpype
+                import jpype.imports  # noqa: F401
+
+                if not jpype.isJVMStarted():
+                    jpype.startJVM(f"-Xmx{heap}", "-Djava.awt.headless=true",
+                                   classpath=[str(jar)], convertStrings=False)
+                from java.lang import Thread
+                from org.apache.logging.log4j import Level
+                from org.apache.logging.log4j.core.config import Configurator
+                from org.apache.tika.config import TikaConfig
+                from org.apache.tika.parser import AutoDetectParser
+
+                # Parser problems reach us as exceptions; log4j's console chatter (font caches, POI) is noise.
+                Configurator.setRootLevel(Level.OFF)
+                # JPype's loader hides the jar's service files from Tika's default lookup: be explicit.
+                loader = jpype.JClass("org.apache.tika.Tika").class_.getClassLoader()
+                Thread.currentThread().setContextClassLoader(loader)
+                cls.parser = AutoDetectParser(TikaConfig(loader))
+            return cls.parser
+
+
+_JAVA_REASONS = {
+    "ZeroByteFileException": "empty",
+    "EncryptedDocumentException": "encrypted",
+    "UnsupportedFormatException": "unsupported",
+    "WriteLimitReachedException": "too_large",
+}
+
+
+class TikaJvmExtractor:
+    """Tika's parsers in this process through JPype; a parse that overruns the timeout is abandoned."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.jar = find_tika_jar(settings)
+
+    def _parse(self, obj: SourceObject, data: bytes) -> tuple[str, dict[str, Any]]:
+        import jpype
+
+        parser = _Jvm.get_parser(self.jar, self.settings.tika_heap)
+        from java.lang import Thread
+        from org.apache.tika.io import TikaInputStream
+        from org.apache.tika.metadata import Metadata, TikaCoreProperties
+        from org.apache.tika.parser import ParseContext, Parser
+        from org.apache.tika.sax import ToXMLContentHandler, WriteOutContentHandler
+
+        Thread.currentThread().setContextClassLoader(parser.getClass().getClassLoader())
+        md = Metadata()
+        md.set(TikaCoreProperties.RESOURCE_NAME_KEY, obj.uri.rsplit("/", 1)[-1])
+        context = ParseContext()
+        context.set(Parser.class_, parser)  # descend into attachments and embedded files
+        xml = ToXMLContentHandler()
+        handler = WriteOutContentHandler(xml, self.settings.max_text_chars)
+        parser.parse(TikaInputStream.get(jpype.JArray(jpype.JByte)(data)), handler, md, context)
+        meta = {}
+        for name in md.names():
+            values = [str(v) for v in md.getValues(name)]
+            meta[str(name)] = values[0] if len(values) == 1 else ", ".join(values)
+        return str(xml.toString()), meta
+
+    def extract(self, obj: SourceObject, data: bytes) -> Document:
+        if not data:
+            raise ExtractError("empty", "zero-byte file")
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["value"] = self._parse(obj, data)
+            except BaseException as exc:  # Java exceptions arrive here as Python exceptions
+                result["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"tika-{obj.doc_id[:8]}", daemon=True)
+        worker.start()
+        worker.join(self.settings.parse_timeout_s)
+        if worker.is_alive():
+            raise ExtractError("timeout", f"parse exceeded {self.settings.parse_timeout_s:.0f}s")
+        if "error" in result:
+            exc = result["error"]
+            import jpype
+
+            if not isinstance(exc, jpype.JException):
+                # Not the document's fault (JVM, jar, classpath): fail the run, don't blame every file.
+                raise RuntimeError(f"Tika is unusable here: {type(exc).__name__}: {exc}") from exc
+            name = type(exc).__name__.rsplit(".", 1)[-1]
+            detail = str(exc).splitlines()[0][:300] if str(exc) else name
+            raise ExtractError(_JAVA_REASONS.get(name, "corrupt"), detail) from None
+        xhtml, meta = result["value"]
+        return build_document(obj, data, xhtml, meta)
+
+
+class TikaServerExtractor:
+    """A remote tika-server (the official apache/tika image) through the `tika` client's /rmeta/xml."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        os.environ.setdefault("TIKA_CLIENT_ONLY", "1")  # never let the client fetch a jar
+
+    def extract(self, obj: SourceObject, data: bytes) -> Document:
+        if not data:
+            raise ExtractError("empty", "zero-byte file")
+        from tika import parser
+        from tika.tika import make_content_disposition_header
+
+        name = obj.uri.rsplit("/", 1)[-1]
+        headers = {"Content-Disposition": make_content_disposition_header(name)}
+        try:
+            status, body = parser.from_buffer(
+                data, serverEndpoint=self.settings.tika_endpoint, xmlContent=True, headers=headers,
+                requestOptions={"timeout": self.settings.parse_timeout_s}, raw_response=True)
+        except Exception as exc:  # connection refused, timeouts: the caller retries these
+            raise ConnectionError(f"tika-server {self.settings.tika_endpoint} unreachable: {exc}") from exc
+        if status == 422:
+            raise ExtractError("encrypted" if "ncrypt" in str(body) else "corrupt", f"tika-server 422 {str(body)[:200]}")
+        if status == 415:
+            raise ExtractError("unsupported", "tika-server 415 unsupported media type")
+        if status in (204,) or not body:
+            raise ExtractError("no_text", f"tika-server {status} with no content")
+        if status != 200:
+            raise ExtractError("corrupt", f"tika-server {status}: {str(body)[:200]}")
+        import json
+
+        parts = json.loads(body)
+        meta = {k: v for k, v in parts[0].items() if k != "X-TIKA:content"}
+        xhtml = "".join(p.get("X-TIKA:content", "") for p in parts)
+        return build_document(obj, data, xhtml, meta)
+
+
+def make_extractor(settings: Settings) -> Extractor:
+    if settings.tika_endpoint:
+        return TikaServerExtractor(settings)
+    return TikaJvmExtractor(settings)

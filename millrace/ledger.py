@@ -1,0 +1,96 @@
+"""The ledger: one row per document and collection, with its state and why; SQLite or any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func, select)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from millrace.records import DocState, DocSummary, Failure
+
+meta = MetaData()
+documents = Table(
+    "documents", meta,
+    Column("collection", String(255), primary_key=True),
+    Column("doc_id", String(64), primary_key=True),
+    Column("source_uri", Text, nullable=False),
+    Column("fingerprint", String(255), nullable=False, default=""),
+    Column("content_hash", String(64), nullable=False, default=""),
+    Column("pipeline_version", String(255), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(64), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+    Column("stage", String(16), nullable=False, default=""),
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("content_type", String(255), nullable=False, default=""),
+    Column("title", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+class Ledger:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, future=True)
+        meta.create_all(self.engine)
+
+    def _upsert(self, conn, row: dict) -> None:
+        row["updated_at"] = time.time()
+        if self.engine.dialect.name in ("sqlite", "postgresql"):
+            ins = (sqlite_insert if self.engine.dialect.name == "sqlite" else _pg_insert())(documents).values(**row)
+            conn.execute(ins.on_conflict_do_update(index_elements=["collection", "doc_id"],
+                                                   set_={k: v for k, v in row.items() if k not in ("collection", "doc_id")}))
+        else:  # portable fallback
+            conn.execute(delete(documents).where(documents.c.collection == row["collection"],
+                                                 documents.c.doc_id == row["doc_id"]))
+            conn.execute(documents.insert().values(**row))
+
+    def record_indexed(self, collection: str, doc: DocSummary, pipeline_version: str) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, dict(collection=collection, doc_id=doc.doc_id, source_uri=doc.source_uri,
+                                    fingerprint=doc.fingerprint, content_hash=doc.content_hash,
+                                    pipeline_version=pipeline_version, state=DocState.indexed.value, reason="",
+                                    detail="", stage="", chunks=doc.chunks, content_type=doc.content_type,
+                                    title=doc.title))
+
+    def record_failed(self, collection: str, failure: Failure, pipeline_version: str,
+                      state: DocState = DocState.failed) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, dict(collection=collection, doc_id=failure.doc_id, source_uri=failure.source_uri,
+                                    fingerprint=failure.fingerprint, content_hash="", pipeline_version=pipeline_version,
+                                    state=state.value, reason=failure.reason, detail=failure.detail[:2000],
+                                    stage=failure.stage, chunks=0, content_type="", title=""))
+
+    def record_deleted(self, collection: str, doc_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(documents.update().where(documents.c.collection == collection, documents.c.doc_id == doc_id)
+                         .values(state=DocState.deleted.value, chunks=0, reason="", detail="",
+                                 updated_at=time.time()))
+
+    def rows(self, collection: str, states: list[str] | None = None) -> list[dict]:
+        q = select(documents).where(documents.c.collection == collection)
+        if states:
+            q = q.where(documents.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.order_by(documents.c.source_uri))]
+
+    def counts(self, collection: str) -> dict[str, int]:
+        q = (select(documents.c.state, func.count()).where(documents.c.collection == collection)
+             .group_by(documents.c.state))
+        with self.engine.connect() as conn:
+            return {state: n for state, n in conn.execute(q)}
+
+    def chunk_total(self, collection: str) -> int:
+        q = select(func.coalesce(func.sum(documents.c.chunks), 0)).where(
+            documents.c.collection == collection, documents.c.state == DocState.indexed.value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+
+def _pg_insert():
+    from sqlalchemy.dialects.postgresql import insert
+
+    return insert

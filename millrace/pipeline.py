@@ -1,0 +1,168 @@
+"""The ingestion stages as plain functions; flows/ and tasks/ only orchestrate them."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from millrace.chunk import Chunker
+from millrace.config import Settings
+from millrace.embed import Embedder, model_id
+from millrace.extract import ExtractError, make_extractor
+from millrace.ledger import Ledger
+from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
+from millrace.retry import with_retries
+from millrace.sources import open_source
+from millrace.store import MilvusStore
+
+
+def pipeline_version(settings: Settings) -> str:
+    """Everything that changes chunk ids or vectors; a change re-processes the documents it affects."""
+    return f"{model_id(settings)}|chunk={settings.chunk_size}/{settings.chunk_overlap}|v1"
+
+
+@dataclass
+class Plan:
+    todo: list[SourceObject] = field(default_factory=list)
+    skipped: list[SourceObject] = field(default_factory=list)
+    gone: list[dict] = field(default_factory=list)  # ledger rows whose source object disappeared
+
+    @property
+    def seen(self) -> int:
+        return len(self.todo) + len(self.skipped)
+
+
+def plan_run(objects: list[SourceObject], source_uri: str, ledger: Ledger, collection: str, version: str,
+             retry_failed: bool = False) -> Plan:
+    """Split a listing into work and skips by fingerprint, and find documents deleted at the source."""
+    known = {r["doc_id"]: r for r in ledger.rows(collection)}
+    plan = Plan()
+    for obj in objects:
+        row = known.get(obj.doc_id)
+        unchanged = row is not None and row["fingerprint"] == obj.fingerprint and row["pipeline_version"] == version
+        settled = row is not None and (row["state"] == DocState.indexed.value or not retry_failed)
+        (plan.skipped if unchanged and settled and row["state"] != DocState.deleted.value else plan.todo).append(obj)
+    listed = {o.doc_id for o in objects}
+    prefix = source_uri.rstrip("/") + "/"
+    plan.gone = [r for r in known.values() if r["doc_id"] not in listed and r["state"] != DocState.deleted.value
+                 and (r["source_uri"].startswith(prefix) or r["source_uri"] == source_uri)]
+    return plan
+
+
+def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_bytes: int = 64 * 1024 * 1024
+                 ) -> list[list[SourceObject]]:
+    """Batches of documents (never of chunks), cut early when their bytes add up."""
+    batches: list[list[SourceObject]] = []
+    current: list[SourceObject] = []
+    size = 0
+    for obj in objects:
+        if current and (len(current) >= docs_per_batch or size + obj.size > max_batch_bytes):
+            batches.append(current)
+            current, size = [], 0
+        current.append(obj)
+        size += obj.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+@lru_cache(maxsize=4)
+def _components(settings_json: str):
+    """Extractor, chunker and embedder for this process: built once, reused by every batch it runs."""
+    settings = Settings.model_validate_json(settings_json)
+    return make_extractor(settings), Chunker(settings), Embedder(settings)
+
+
+def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings) -> BatchResult:
+    """Read, extract, chunk and embed a batch; per-document failures are returned, never raised."""
+    source = open_source(source_uri, settings)
+    extractor, chunker, embedder = _components(_settings_key(settings))
+    result = BatchResult()
+    timings = {"read": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0}
+    for obj in objects:
+        fail = dict(doc_id=obj.doc_id, source_uri=obj.uri, fingerprint=obj.fingerprint)
+        if obj.size > settings.max_doc_bytes:
+            result.failures.append(Failure(**fail, stage="read", reason="too_large",
+                                           detail=f"{obj.size} bytes > limit {settings.max_doc_bytes}"))
+            continue
+        t = time.perf_counter()
+        try:
+            data = with_retries(lambda: source.read(obj), settings.retry_delays, what=f"read {obj.uri}")
+        except Exception as exc:
+            result.failures.append(Failure(**fail, stage="read", reason="unreadable", detail=str(exc)[:300]))
+            continue
+        timings["read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            doc = extractor.extract(obj, data)
+        except ExtractError as exc:
+            result.failures.append(Failure(**fail, stage="extract", reason=exc.reason, detail=exc.detail))
+            continue
+        finally:
+            timings["extract"] += time.perf_counter() - t
+        t = time.perf_counter()
+        chunks = chunker.split(doc)
+        timings["chunk"] += time.perf_counter() - t
+        if not chunks:
+            result.failures.append(Failure(**fail, stage="chunk", reason="no_text", detail="no text after cleaning"))
+            continue
+        result.chunks.extend(chunks)
+        result.documents.append(DocSummary(doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
+                                           content_hash=doc.content_hash, content_type=doc.content_type,
+                                           title=doc.title, page_count=doc.page_count, chunks=len(chunks)))
+    t = time.perf_counter()
+    vectors = embedder.encode([c.text for c in result.chunks])
+    for chunk, vector in zip(result.chunks, vectors):
+        chunk.vector = vector
+    timings["embed"] += time.perf_counter() - t
+    _drop_bad_vectors(result)
+    result.stage_seconds = timings
+    return result
+
+
+def _drop_bad_vectors(result: BatchResult) -> None:
+    bad = {c.doc_id for c in result.chunks if c.vector is None or not all(map(math.isfinite, c.vector))}
+    if not bad:
+        return
+    for doc in [d for d in result.documents if d.doc_id in bad]:
+        result.failures.append(Failure(doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
+                                       stage="embed", reason="bad_vector", detail="non-finite embedding values"))
+    result.documents = [d for d in result.documents if d.doc_id not in bad]
+    result.chunks = [c for c in result.chunks if c.doc_id not in bad]
+
+
+def _settings_key(settings: Settings) -> str:
+    data = settings.model_dump(mode="json")
+    data["milvus_token"] = settings.milvus_token.get_secret_value()
+    data["s3_secret"] = settings.s3_secret.get_secret_value()
+    return json.dumps(data, sort_keys=True)
+
+
+def write_chunks(store: MilvusStore, result: BatchResult) -> int:
+    """Upsert a batch's chunks, then remove each document's chunks from older versions.
+
+    New rows land before old ones go, so a crash in between leaves the document searchable."""
+    written = store.upsert(result.chunks)
+    # The index mirrors the ledger: a document that failed this time keeps no chunks.
+    keep: dict[str, set[str]] = {d.doc_id: set() for d in result.documents} | {f.doc_id: set() for f in result.failures}
+    for c in result.chunks:
+        keep[c.doc_id].add(c.chunk_id)
+    store.delete_docs(keep)
+    return written
+
+
+def record_batch(ledger: Ledger, collection: str, result: BatchResult, version: str) -> None:
+    for doc in result.documents:
+        ledger.record_indexed(collection, doc, version)
+    for failure in result.failures:
+        ledger.record_failed(collection, failure, version)
+
+
+def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[dict]) -> int:
+    store.delete_docs({row["doc_id"]: set() for row in gone})
+    for row in gone:
+        ledger.record_deleted(collection, row["doc_id"])
+    return len(gone)

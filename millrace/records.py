@@ -1,0 +1,123 @@
+"""Typed records passed between pipeline stages."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def doc_id_for(uri: str) -> str:
+    """Stable document id derived from the canonical source URI."""
+    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class DocState(str, Enum):
+    indexed = "indexed"
+    failed = "failed"
+    quarantined = "quarantined"
+    deleted = "deleted"
+
+
+class SourceObject(BaseModel):
+    """One object found at a source, before it is read."""
+
+    uri: str
+    doc_id: str
+    size: int
+    fingerprint: str  # ETag, or size+mtime: whatever changes when the content does
+
+    @classmethod
+    def make(cls, uri: str, size: int, fingerprint: str) -> "SourceObject":
+        return cls(uri=uri, doc_id=doc_id_for(uri), size=size, fingerprint=fingerprint)
+
+
+class Page(BaseModel):
+    number: int  # 1-based; 0 when the format has no pages
+    text: str
+
+
+class Document(BaseModel):
+    """Extracted text and metadata of one source object."""
+
+    doc_id: str
+    source_uri: str
+    fingerprint: str
+    content_hash: str
+    content_type: str = ""
+    title: str = ""
+    language: str = ""
+    page_count: int = 0
+    pages: list[Page] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.pages)
+
+
+class Chunk(BaseModel):
+    """A piece of a document sized for the embedding model, with its citation fields."""
+
+    chunk_id: str
+    doc_id: str
+    chunk_index: int
+    text: str
+    source_uri: str
+    title: str = ""
+    page: int = 0
+    content_hash: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: list[float] | None = None
+
+
+class Failure(BaseModel):
+    """A document that could not be indexed, and why."""
+
+    doc_id: str
+    source_uri: str
+    fingerprint: str = ""
+    stage: str  # read | extract | chunk | embed | upsert
+    reason: str  # short machine-readable code, e.g. "encrypted", "corrupt", "empty"
+    detail: str = ""
+
+
+class DocSummary(BaseModel):
+    """A processed document without its text: what the ledger keeps."""
+
+    doc_id: str
+    source_uri: str
+    fingerprint: str
+    content_hash: str
+    content_type: str = ""
+    title: str = ""
+    page_count: int = 0
+    chunks: int = 0
+
+
+class BatchResult(BaseModel):
+    """What processing one batch of documents produced."""
+
+    documents: list[DocSummary] = Field(default_factory=list)
+    chunks: list[Chunk] = Field(default_factory=list)
+    failures: list[Failure] = Field(default_factory=list)
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class Hit(BaseModel):
+    """One search result with everything needed to cite it."""
+
+    score: float
+    chunk_id: str
+    doc_id: str
+    source_uri: str
+    title: str
+    page: int
+    chunk_index: int
+    text: str

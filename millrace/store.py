@@ -1,0 +1,176 @@
+"""The Milvus collection: schema, index choice per backend, idempotent upserts, search."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+from millrace.config import ConfigError, Settings
+from millrace.records import Chunk, Hit
+from millrace.retry import with_retries
+
+LITE_INDEXES = {"FLAT", "IVF_FLAT", "AUTOINDEX"}  # milvus-lite 2.5 rejects or cannot build the rest
+GPU_INDEXES = {"GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE"}
+SERVER_INDEXES = {"FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "SCANN", "DISKANN", "AUTOINDEX"} | GPU_INDEXES
+
+_BUILD = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 128}, "IVF_SQ8": {"nlist": 128},
+          "IVF_PQ": {"nlist": 128, "m": 16}, "SCANN": {"nlist": 128}, "GPU_IVF_FLAT": {"nlist": 128},
+          "GPU_IVF_PQ": {"nlist": 128, "m": 16}, "GPU_CAGRA": {"intermediate_graph_degree": 64, "graph_degree": 32}}
+_SEARCH = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}, "IVF_PQ": {"nprobe": 16},
+           "SCANN": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16},
+           "GPU_CAGRA": {"itopk_size": 64}}
+
+# pymilvus warns on every query_iterator against Lite that it falls back to a client-side timestamp.
+logging.getLogger("pymilvus").setLevel(logging.ERROR)
+
+OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
+_LIMITS = {"text": 65535, "source_uri": 2048, "title": 1024}
+
+
+def _clip(value: str, max_bytes: int) -> str:
+    raw = value.encode("utf-8", "replace")
+    return value if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def choose_index(settings: Settings) -> str:
+    wanted = (settings.milvus_index or ("FLAT" if settings.milvus_is_lite else "HNSW")).upper()
+    if settings.milvus_is_lite:
+        if wanted not in LITE_INDEXES:
+            hint = " (GPU indexes need a GPU Milvus server)" if wanted in GPU_INDEXES else ""
+            raise ConfigError(f"index type {wanted} cannot be built by Milvus Lite{hint}; "
+                              f"use one of {sorted(LITE_INDEXES)} or point MILLRACE_MILVUS_URI at a server")
+    elif wanted not in SERVER_INDEXES:
+        raise ConfigError(f"unknown Milvus index type {wanted}; known: {sorted(SERVER_INDEXES)}")
+    return wanted
+
+
+def connect(settings: Settings):
+    """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    uri = settings.resolved_milvus_uri
+    if settings.milvus_is_lite:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return MilvusClient(uri=uri)
+        except MilvusException as exc:
+            raise ConfigError(
+                f"cannot open Milvus Lite data {uri}: {exc.message}. Milvus Lite lets one process open its data; "
+                "if another millrace process (a running ingest, a search) has it open, wait for it, or run a "
+                "Milvus server (`make server`) and set MILLRACE_MILVUS_URI=http://127.0.0.1:19530") from exc
+
+    def attempt():
+        return MilvusClient(uri=uri, token=settings.milvus_token.get_secret_value(),
+                            db_name=settings.milvus_db, timeout=5)
+
+    try:
+        return with_retries(attempt, settings.retry_delays, what=f"connect to Milvus at {uri}")
+    except Exception as exc:
+        raise ConfigError(f"cannot reach Milvus at {uri} after {len(settings.retry_delays) + 1} tries ({exc}). "
+                          "Check that the server is up (`make server` runs one locally) and MILLRACE_MILVUS_URI "
+                          "/ MILLRACE_MILVUS_TOKEN are right") from exc
+
+
+class MilvusStore:
+    def __init__(self, settings: Settings, collection: str | None = None):
+        self.settings = settings
+        self.collection = collection or settings.collection
+        self.client = connect(settings)
+        self.index_type = choose_index(settings)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def exists(self) -> bool:
+        return self.client.has_collection(self.collection)
+
+    def ensure_collection(self, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if self.exists():
+            field = next(f for f in self.client.describe_collection(self.collection)["fields"] if f["name"] == "vector")
+            have = int(field["params"]["dim"])
+            if have != dim:
+                raise ConfigError(f"collection {self.collection} holds {have}-d vectors but the model makes {dim}-d; "
+                                  "use another --collection or drop this one")
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("chunk_index", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=_LIMITS["text"])
+        schema.add_field("source_uri", DataType.VARCHAR, max_length=_LIMITS["source_uri"])
+        schema.add_field("title", DataType.VARCHAR, max_length=_LIMITS["title"])
+        schema.add_field("page", DataType.INT64)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("ingested_at", DataType.INT64)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index = self.client.prepare_index_params()
+        index.add_index("vector", index_type=self.index_type, metric_type=self.settings.milvus_metric,
+                        params=_BUILD.get(self.index_type, {}))
+        # Strong consistency: counts and reads right after a write must see it (reconciliation relies on it).
+        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+
+    def upsert(self, chunks: Iterable[Chunk], batch: int = 500) -> int:
+        now = int(time.time())
+        rows = [{"chunk_id": c.chunk_id, "doc_id": c.doc_id, "chunk_index": c.chunk_index,
+                 "text": _clip(c.text, _LIMITS["text"]), "source_uri": _clip(c.source_uri, _LIMITS["source_uri"]),
+                 "title": _clip(c.title, _LIMITS["title"]), "page": c.page, "content_hash": c.content_hash,
+                 "ingested_at": now, "metadata": c.metadata, "vector": c.vector} for c in chunks]
+        for i in range(0, len(rows), batch):
+            part = rows[i:i + batch]
+            with_retries(lambda: self.client.upsert(self.collection, part), self.settings.retry_delays,
+                         what=f"upsert into {self.collection}")
+        return len(rows)
+
+    def chunk_ids(self, doc_ids: Iterable[str] | None = None) -> dict[str, set[str]]:
+        """Chunk ids per document, for the given documents or all; one paged query, not one per document."""
+        doc_ids = sorted(set(doc_ids)) if doc_ids is not None else None
+        if doc_ids is not None and not doc_ids:
+            return {}
+        expr = f"doc_id in {json.dumps(doc_ids)}" if doc_ids is not None else 'chunk_id != ""'
+        found: dict[str, set[str]] = {}
+        it = self.client.query_iterator(self.collection, filter=expr, output_fields=["chunk_id", "doc_id"],
+                                        batch_size=4000)
+        try:
+            while page := it.next():
+                for row in page:
+                    found.setdefault(row["doc_id"], set()).add(row["chunk_id"])
+        finally:
+            it.close()
+        return found
+
+    def delete_ids(self, ids: Iterable[str], batch: int = 1000) -> int:
+        ids = sorted(ids)
+        for i in range(0, len(ids), batch):
+            part = ids[i:i + batch]
+            with_retries(lambda: self.client.delete(self.collection, ids=part), self.settings.retry_delays,
+                         what=f"delete from {self.collection}")
+        return len(ids)
+
+    def delete_docs(self, keep: dict[str, set[str]]) -> int:
+        """Remove every chunk of the given documents except their `keep` ids (the new version's)."""
+        existing = self.chunk_ids(keep.keys())
+        stale = set().union(*(ids - keep[doc] for doc, ids in existing.items())) if existing else set()
+        return self.delete_ids(stale) if stale else 0
+
+    def count(self, doc_id: str | None = None) -> int:
+        if not self.exists():
+            return 0
+        expr = f'doc_id == "{doc_id}"' if doc_id else ""
+        res = self.client.query(self.collection, filter=expr, output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def search(self, vector: list[float], k: int = 10, expr: str = "") -> list[Hit]:
+        if not self.exists():
+            raise ConfigError(f"collection {self.collection} does not exist: run `millrace ingest` first")
+        params = {"metric_type": self.settings.milvus_metric, "params": _SEARCH.get(self.index_type, {})}
+        res = self.client.search(self.collection, data=[vector], limit=k, filter=expr,
+                                 output_fields=OUTPUT_FIELDS, search_params=params)
+        return [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), **{f: r["entity"][f] for f in OUTPUT_FIELDS})
+                for r in res[0]]

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over millrace's plain stage functions."""

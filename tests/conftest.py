@@ -1,0 +1,113 @@
+"""Real services for the tests, each started once per session: Prefect, Dask, moto S3, Milvus standalone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from millrace import quiet
+
+quiet.apply()
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MILLRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def shared_docs() -> Path:
+    path = SHARED / "docs"
+    if not (path / "MANIFEST.tsv").is_file():
+        pytest.fail(f"test data not found at {path}: set MILLRACE_SHARED_DATA to the shared/data folder")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """A real Prefect API (SQLite) for the session; its URL is exported so Dask workers report to it."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        yield PREFECT_API_URL.value()
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_api):
+    """One warm LocalCluster (worker processes) shared by the flow tests: the model loads once per worker."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture()
+def settings(tmp_path, dask_cluster, monkeypatch):
+    """Settings for one test: its own MILLRACE_HOME (Lite file, ledger) and collection, the session cluster."""
+    from millrace.config import load_settings
+
+    monkeypatch.setenv("MILLRACE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MILLRACE_DASK_ADDRESS", dask_cluster.scheduler_address)
+    monkeypatch.setenv("MILLRACE_RETRY_DELAYS", "[0.2, 0.5]")
+    return load_settings(collection=f"t_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3 API server process (moto server) on loopback; yields its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """The real Milvus standalone server from the PyPI `milvus` package, once per session."""
+    from milvus import default_server
+
+    default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    default_server.listen_port = free_port()
+    default_server.start()
+    try:
+        yield f"http://127.0.0.1:{default_server.listen_port}"
+    finally:
+        default_server.stop()
+
+
+@pytest.fixture()
+def sample_dir(tmp_path) -> Path:
+    from millrace.samples import write_samples
+
+    write_samples(tmp_path / "samples")
+    return tmp_path / "samples"

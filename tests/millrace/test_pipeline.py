@@ -1,0 +1,44 @@
+import pytest
+
+from millrace.ledger import Ledger
+from millrace.pipeline import make_batches, plan_run
+from millrace.records import DocSummary, Failure, SourceObject
+
+pytestmark = pytest.mark.unit
+
+
+def obj(name: str, fp: str = "1", size: int = 10) -> SourceObject:
+    return SourceObject.make(f"file:///src/{name}", size, fp)
+
+
+def test_batches_respect_count_and_bytes():
+    objs = [obj(str(i), size=40) for i in range(10)]
+    assert [len(b) for b in make_batches(objs, 4)] == [4, 4, 2]
+    assert [len(b) for b in make_batches(objs, 100, max_batch_bytes=100)] == [2, 2, 2, 2, 2]
+    assert make_batches([], 4) == []
+
+
+def test_plan_skips_unchanged_and_finds_deleted(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
+    a, b, gone = obj("a"), obj("b"), obj("gone")
+    for o in (a, b, gone):
+        ledger.record_indexed("c", DocSummary(doc_id=o.doc_id, source_uri=o.uri, fingerprint=o.fingerprint,
+                                              content_hash="h", chunks=1), "v1")
+    other = SourceObject.make("file:///elsewhere/x", 1, "1")
+    ledger.record_indexed("c", DocSummary(doc_id=other.doc_id, source_uri=other.uri, fingerprint="1",
+                                          content_hash="h"), "v1")
+    plan = plan_run([a, obj("b", fp="2"), obj("new")], "file:///src", ledger, "c", "v1")
+    assert [o.uri for o in plan.skipped] == [a.uri]
+    assert sorted(o.uri.rsplit("/", 1)[1] for o in plan.todo) == ["b", "new"]
+    assert [r["doc_id"] for r in plan.gone] == [gone.doc_id]  # not the document of another source
+    assert len(plan_run([a], "file:///src", ledger, "c", "v2").todo) == 1  # new pipeline version
+
+
+def test_failed_documents_are_skipped_unless_retried(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
+    a = obj("a")
+    ledger.record_failed("c", Failure(doc_id=a.doc_id, source_uri=a.uri, fingerprint="1", stage="extract",
+                                      reason="corrupt"), "v1")
+    assert plan_run([a], "file:///src", ledger, "c", "v1").skipped == [a]
+    assert plan_run([a], "file:///src", ledger, "c", "v1", retry_failed=True).todo == [a]
+    assert ledger.counts("c") == {"failed": 1}

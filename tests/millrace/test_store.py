@@ -1,0 +1,89 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from millrace.config import ConfigError, Settings
+from millrace.records import Chunk
+from millrace.store import MilvusStore, choose_index
+
+pytestmark = pytest.mark.integration
+
+
+def chunks(doc: str, n: int, dim: int = 8, text: str = "t") -> list[Chunk]:
+    out = []
+    for i in range(n):
+        v = [0.0] * dim
+        v[i % dim] = 1.0
+        out.append(Chunk(chunk_id=f"{doc}-{i:05d}-{text}", doc_id=doc, chunk_index=i, text=f"{text} {i}",
+                         source_uri=f"file:///{doc}.txt", title=doc.upper(), page=i + 1, content_hash="h", vector=v))
+    return out
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = MilvusStore(Settings(home=tmp_path, collection="c"))
+    s.ensure_collection(8)
+    yield s
+    s.close()
+
+
+def test_upsert_is_idempotent_and_search_returns_citations(store):
+    store.upsert(chunks("a", 5) + chunks("b", 3))
+    store.upsert(chunks("a", 5))
+    assert store.count() == 8 and store.count("a") == 5
+    hit = store.search([0, 0, 1, 0, 0, 0, 0, 0], k=1)[0]
+    assert (hit.doc_id, hit.page, hit.chunk_index, hit.title) in {("a", 3, 2, "A"), ("b", 3, 2, "B")}
+    assert hit.source_uri.endswith(".txt") and hit.score > 0.99
+
+
+def test_replacing_a_document_keeps_only_its_new_chunks(store):
+    store.upsert(chunks("a", 5, text="old") + chunks("b", 2))
+    new = chunks("a", 3, text="new")
+    store.upsert(new)
+    assert store.count("a") == 8  # both versions present between the write and the clean-up
+    store.delete_docs({"a": {c.chunk_id for c in new}})
+    assert store.chunk_ids(["a"]) == {"a": {c.chunk_id for c in new}}
+    assert store.count("b") == 2
+
+
+def test_index_types_are_validated_per_backend():
+    assert choose_index(Settings()) == "FLAT"
+    assert choose_index(Settings(milvus_uri="http://milvus:19530")) == "HNSW"
+    assert choose_index(Settings(milvus_uri="http://gpu:19530", milvus_index="gpu_cagra")) == "GPU_CAGRA"
+    with pytest.raises(ConfigError, match="GPU indexes need a GPU Milvus server"):
+        choose_index(Settings(milvus_index="GPU_CAGRA"))
+    with pytest.raises(ConfigError, match="cannot be built by Milvus Lite"):
+        choose_index(Settings(milvus_index="HNSW"))
+    with pytest.raises(ConfigError, match="unknown"):
+        choose_index(Settings(milvus_uri="http://m:19530", milvus_index="MAGIC"))
+
+
+def test_dimension_mismatch_is_refused(store):
+    with pytest.raises(ConfigError, match="8-d vectors"):
+        store.ensure_collection(384)
+
+
+def test_unreachable_server_fails_with_what_to_do():
+    from tests.conftest import free_port
+
+    settings = Settings(milvus_uri=f"http://127.0.0.1:{free_port()}", retry_delays=[0.1, 0.1])
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"cannot reach Milvus .* after 3 tries.*make server"):
+        MilvusStore(settings)
+    assert time.monotonic() - started < 60
+
+
+def test_lite_data_open_in_another_process_is_a_clear_error(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pymilvus import MilvusClient; MilvusClient(uri=sys.argv[1]); "
+        "print('open', flush=True); time.sleep(60)"), str(tmp_path / "milvus.db")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(ConfigError, match="one process"):
+            MilvusStore(Settings(home=tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
