@@ -21,7 +21,8 @@ from tasks.ingest import _store, embedding_dim, list_source, process_batch, writ
 def ingest(source: str, collection: str | None = None, retry_failed: bool = False,
            options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Extract, chunk, embed and upsert the new or changed documents of a source; drop the deleted ones."""
-    settings = load_settings(collection=collection, **(options or {}))
+    overrides = {**(options or {}), **({"collection": collection} if collection else {})}
+    settings = load_settings(**overrides)
     return run_ingest(source, settings, retry_failed)
 
 

@@ -55,7 +55,8 @@ def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, A
     if not any(p.text for p in pages):
         if "EmptyParser" in str(meta.get("X-TIKA:Parsed-By", "")) or content_type == "application/octet-stream":
             raise ExtractError("unsupported", f"no Tika parser for content type {content_type or 'unknown'}")
-        raise ExtractError("no_text", f"{content_type}: no extractable text (image-only or scanned? OCR is off)")
+        hint = " (image-only or scanned? OCR is off)" if content_type.startswith(("application/pdf", "image/")) else ""
+        raise ExtractError("no_text", f"{content_type}: no extractable text{hint}")
     page_count = meta.get("xmpTPg:NPages") or meta.get("meta:page-count") or meta.get("meta:slide-count") or 0
     keep = {k: v for k, v in meta.items() if k in ("dc:creator", "dcterms:created", "dcterms:modified",
                                                        "Content-Encoding", "dc:subject")}

@@ -23,9 +23,6 @@ _SEARCH = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe":
            "SCANN": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16},
            "GPU_CAGRA": {"itopk_size": 64}}
 
-# pymilvus warns on every query_iterator against Lite that it falls back to a client-side timestamp.
-logging.getLogger("pymilvus").setLevel(logging.ERROR)
-
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
 _LIMITS = {"text": 65535, "source_uri": 2048, "title": 1024}
 
@@ -52,6 +49,9 @@ def connect(settings: Settings):
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    # After the import (pymilvus sets its own levels then): every query_iterator on Lite warns that it
+    # uses a client-side timestamp, which is expected there.
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
     uri = settings.resolved_milvus_uri
     if settings.milvus_is_lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
