@@ -15,8 +15,19 @@ from millrace.store import MilvusStore
 IO_RETRY_DELAYS = [2, 5, 15]
 
 
+def not_a_config_error(task, task_run, state) -> bool:
+    """Retry I/O hiccups, not mistakes: a wrong path or setting fails the same way every time."""
+    try:
+        state.result()
+    except ConfigError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 @task(name="list-source", task_run_name="list {source}", retries=3, retry_delay_seconds=IO_RETRY_DELAYS,
-      cache_policy=NO_CACHE)
+      retry_condition_fn=not_a_config_error, cache_policy=NO_CACHE)
 def list_source(source: str, settings: Settings) -> list[SourceObject]:
     """List the documents at a folder or S3 prefix with their fingerprints."""
     return list(open_source(source, settings).list())
@@ -41,7 +52,7 @@ def process_batch(batch_no: int, objects: list[SourceObject], source: str, setti
 
 
 @task(name="write-batch", task_run_name="write batch {batch_no}", retries=2, retry_delay_seconds=[5, 15],
-      cache_policy=NO_CACHE)
+      retry_condition_fn=not_a_config_error, cache_policy=NO_CACHE)
 def write_batch(batch_no: int, result: BatchResult, settings: Settings) -> int:
     """Upsert a batch's chunks into Milvus and drop the chunks of their older versions."""
     return _write(result, settings)

@@ -1,0 +1,50 @@
+import json
+import time
+
+import pytest
+
+from millrace.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def run_json(capsys, *args) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_ingest_search_status_json_contracts(sample_dir, settings, capsys):
+    summary = run_json(capsys, "ingest", str(sample_dir), "--collection", settings.collection)
+    assert {"seen", "indexed", "skipped", "failed", "deleted", "chunks_written", "seconds"} <= set(summary)
+    assert (summary["seen"], summary["indexed"], summary["failed"]) == (9, 7, 2)
+
+    found = run_json(capsys, "search", "turbine controller reset button", "-k", "2", "--collection", settings.collection)
+    assert len(found["hits"]) == 2
+    top = found["hits"][0]
+    assert {"score", "doc_id", "source_uri", "title", "page", "text"} <= set(top)
+    assert top["source_uri"].endswith("controller-faq.html") and "reset" in top["text"]
+
+    status = run_json(capsys, "status", "--collection", settings.collection)
+    assert status["counts"] == {"indexed": 7, "failed": 2}
+    failed = {d["source_uri"].rsplit("/", 1)[1]: d for d in status["documents"] if d["state"] == "failed"}
+    assert failed["empty-notes.txt"]["reason"] == "empty" and failed["empty-notes.txt"]["chunks"] == 0
+    assert {"doc_id", "source_uri", "state", "reason", "chunks"} <= set(status["documents"][0])
+
+
+def test_missing_source_folder_is_one_line_and_not_retried(settings, capsys, tmp_path):
+    started = time.monotonic()
+    assert main(["ingest", str(tmp_path / "nope"), "--collection", settings.collection]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("millrace: error: source folder") and "does not exist" in err[-1]
+    assert time.monotonic() - started < 20  # 2 + 5 + 15 s of retries would exceed this
+
+
+def test_missing_model_path_is_a_clear_error(settings, capsys, tmp_path):
+    assert main(["search", "anything", "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "millrace: error: model path" in err and "does not exist" in err
+
+
+def test_search_before_any_ingest_says_what_to_do(settings, capsys):
+    assert main(["search", "anything", "--collection", settings.collection]) == 2
+    assert "run `millrace ingest` first" in capsys.readouterr().err
