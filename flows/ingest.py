@@ -1,29 +1,35 @@
-"""The `ingest` flow: mirror a folder or S3 prefix into a Milvus collection."""
+"""The `ingest` flow: mirror a folder or S3 prefix into a Milvus collection, provably."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
 
+from flows.report import ingest_report, quality_report
 from flows.runner import dask_task_runner
 from millrace import pipeline
 from millrace.config import Settings, load_settings
 from millrace.ledger import Ledger
-from millrace.records import BatchResult
+from millrace.quality import QualityGateError
+from millrace.records import BatchResult, SourceObject
+from millrace.store import MilvusStore
 from tasks.ingest import _store, embedding_dim, list_source, process_batch, write_batch
 
 
-@flow(name="ingest", flow_run_name="ingest {source}", task_runner=dask_task_runner(), log_prints=False)
+class ReconciliationError(RuntimeError):
+    """Milvus and the ledger disagree after a run: the index is not a mirror of the source."""
+
+
+@flow(name="ingest", flow_run_name="ingest {source}")
 def ingest(source: str, collection: str | None = None, retry_failed: bool = False,
            options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Extract, chunk, embed and upsert the new or changed documents of a source; drop the deleted ones."""
+    """Index new and changed documents of a source, drop deleted ones, and reconcile Milvus with the ledger."""
     overrides = {**(options or {}), **({"collection": collection} if collection else {})}
-    settings = load_settings(**overrides)
-    return run_ingest(source, settings, retry_failed)
+    return run_ingest(source, load_settings(**overrides), retry_failed)
 
 
 def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> dict[str, Any]:
@@ -31,79 +37,94 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> d
     started = time.perf_counter()
     version = pipeline.pipeline_version(settings)
     ledger = Ledger(settings.ledger_url)
-    objects = list_source(source, settings)
-    src_uri = _source_uri(source, objects)
-    plan = pipeline.plan_run(objects, src_uri, ledger, settings.collection, version, retry_failed)
+    objects = list_source(source, settings)  # called, not submitted: listing runs here, no cluster needed
+    plan = pipeline.plan_run(objects, _source_uri(source), ledger, settings.collection, version, retry_failed)
     log.info("%d documents at %s: %d to process, %d unchanged, %d gone", len(objects), source, len(plan.todo),
              len(plan.skipped), len(plan.gone))
-
-    on_server = not settings.milvus_is_lite
     store = _store(settings)
-    if plan.todo:
-        store.ensure_collection(embedding_dim.submit(settings).result())
-    batches = pipeline.make_batches(plan.todo, settings.docs_per_batch)
-    futures = process_batch.map(list(range(1, len(batches) + 1)), batches, unmapped(source), unmapped(settings),
-                                write=unmapped(on_server))
-    totals = {"indexed": 0, "failed": 0, "chunks_written": 0}
-    stages: dict[str, float] = {}
-    failures = []
-    for future in as_completed(futures):
-        result: BatchResult = future.result()
-        batch_no = futures.index(future) + 1
-        # Lite allows one process, this one: workers return vectors and the flow writes them.
-        written = len(result.chunks) if on_server else write_batch(batch_no, result, settings)
-        pipeline.record_batch(ledger, settings.collection, result, version)
-        totals["indexed"] += len(result.documents)
-        totals["failed"] += len(result.failures)
-        totals["chunks_written"] += written
-        failures.extend(result.failures)
-        for stage, seconds in result.stage_seconds.items():
-            stages[stage] = stages.get(stage, 0.0) + seconds
+    results = _process(source, plan, settings, store, version, ledger) if plan.todo else []
 
-    deleted = pipeline.remove_gone(store, ledger, settings.collection, plan.gone) if store.exists() else 0
+    deleted = pipeline.remove_gone(store, ledger, settings.collection, plan.gone)
+    touched = {o.doc_id for o in plan.todo} | {r["doc_id"] for r in plan.gone}
+    check = pipeline.reconcile(store, ledger, settings.collection, touched)
     seconds = time.perf_counter() - started
-    summary = {
-        "source": source, "collection": settings.collection, "seen": plan.seen, "processed": len(plan.todo),
-        "skipped": len(plan.skipped), "deleted": deleted, **totals, "seconds": round(seconds, 3),
-        "docs_per_s": round(len(plan.todo) / seconds, 3) if seconds else 0.0,
-        "chunks_per_s": round(totals["chunks_written"] / seconds, 3) if seconds else 0.0,
-        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
-        "collection_count": store.count() if store.exists() else 0,
-        "ledger_chunks": ledger.chunk_total(settings.collection),
-        "failures": [f.model_dump() for f in failures],
-    }
-    summary["reconciled"] = summary["collection_count"] == summary["ledger_chunks"]
-    if not summary["reconciled"]:
-        log.error("reconciliation mismatch: Milvus holds %d chunks, the ledger expects %d",
-                  summary["collection_count"], summary["ledger_chunks"])
-    create_markdown_artifact(key=f"ingest-{_artifact_key(settings.collection)}", markdown=_report(summary),
+    summary = _summary(source, settings, plan, results, deleted, seconds, check)
+    ledger.record_run(settings.collection, source, check, {k: v for k, v in summary.items() if k != "failures"})
+    create_markdown_artifact(key=f"ingest-{_key(settings.collection)}", markdown=ingest_report(summary),
                              description=f"ingest of {source}")
+    if not check["ok"]:
+        raise ReconciliationError(
+            f"Milvus holds {check['milvus_count']} chunks of {settings.collection}, the ledger expects "
+            f"{check['ledger_count']}; documents off: {check['mismatched_docs'][:5]}. Re-run the ingest to converge")
     return summary
 
 
-def _source_uri(source: str, objects) -> str:
+def _process(source: str, plan: pipeline.Plan, settings: Settings, store: MilvusStore, version: str,
+             ledger: Ledger) -> list[BatchResult]:
+    """Fan batches out to Dask (a cluster is started only now that there is work), gate, then write."""
+    batches = pipeline.make_batches(plan.todo, settings.docs_per_batch)
+    with dask_task_runner(settings) as runner:
+        store.ensure_collection(runner.submit(embedding_dim, {"settings": settings}).result())
+        futures = [runner.submit(process_batch, {"batch_no": i, "objects": batch, "source": source,
+                                                 "settings": settings, "reuse": _reuse(store, plan, batch)})
+                   for i, batch in enumerate(batches, start=1)]
+        results = [f.result() for f in futures]
+        _gate(results, settings)
+        # Lite allows one process, this one: it writes. A server takes writes from the workers.
+        if settings.milvus_is_lite:
+            for i, result in enumerate(results, start=1):
+                write_batch(i, result, settings)
+                pipeline.record_batch(ledger, settings.collection, result, version)
+        else:
+            writes = [runner.submit(write_batch, {"batch_no": i, "result": r, "settings": settings})
+                      for i, r in enumerate(results, start=1)]
+            for result, done in zip(results, writes):
+                done.result()
+                pipeline.record_batch(ledger, settings.collection, result, version)
+    return results
+
+
+def _reuse(store: MilvusStore, plan: pipeline.Plan, batch: list[SourceObject]) -> dict[str, list[float]]:
+    ids = [o.doc_id for o in batch if o.doc_id in plan.reusable]
+    return store.vectors_by_hash(ids) if ids else {}
+
+
+def _gate(results: list[BatchResult], settings: Settings) -> None:
+    processed = sum(len(r.documents) + len(r.failures) for r in results)
+    quarantined = sum(1 for r in results for f in r.failures if f.stage == "quality")
+    create_markdown_artifact(key="quality-gates", markdown=quality_report(results, processed, quarantined),
+                             description="Great Expectations results of this run's batches")
+    if processed and quarantined / processed > settings.max_quarantined_fraction:
+        raise QualityGateError(
+            f"{quarantined} of {processed} documents failed the quality gates (limit "
+            f"{settings.max_quarantined_fraction:.0%}); nothing was written. See the quality-gates artifact")
+
+
+def _summary(source, settings, plan, results, deleted, seconds, check) -> dict[str, Any]:
+    failures = [f for r in results for f in r.failures]
+    stages: dict[str, float] = {}
+    for r in results:
+        for stage, s in r.stage_seconds.items():
+            stages[stage] = round(stages.get(stage, 0.0) + s, 3)
+    written = sum(len(r.chunks) for r in results)
+    return {
+        "source": source, "collection": settings.collection, "seen": plan.seen, "processed": len(plan.todo),
+        "skipped": len(plan.skipped), "deleted": deleted, "indexed": sum(len(r.documents) for r in results),
+        "failed": sum(1 for f in failures if f.stage != "quality"),
+        "quarantined": sum(1 for f in failures if f.stage == "quality"), "chunks_written": written,
+        "chunks_embedded": sum(r.embedded for r in results), "chunks_reused": sum(r.reused for r in results),
+        "seconds": round(seconds, 3), "docs_per_s": round(len(plan.todo) / seconds, 3) if seconds else 0.0,
+        "chunks_per_s": round(written / seconds, 3) if seconds else 0.0, "stage_seconds": stages,
+        "collection_count": check["milvus_count"], "ledger_chunks": check["ledger_count"],
+        "reconciled": check["ok"], "failures": [f.model_dump() for f in failures],
+    }
+
+
+def _source_uri(source: str) -> str:
     if source.startswith("s3://"):
         return source.rstrip("/")
-    from pathlib import Path
-
     return Path(source.removeprefix("file://")).expanduser().resolve().as_uri()
 
 
-def _artifact_key(name: str) -> str:
+def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
-
-
-def _report(s: dict[str, Any]) -> str:
-    lines = [f"# Ingest of `{s['source']}` into `{s['collection']}`", "",
-             "| seen | processed | indexed | skipped | failed | deleted | chunks written | seconds | docs/s | chunks/s |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| {s['seen']} | {s['processed']} | {s['indexed']} | {s['skipped']} | {s['failed']} | {s['deleted']} | "
-             f"{s['chunks_written']} | {s['seconds']} | {s['docs_per_s']} | {s['chunks_per_s']} |", "",
-             f"Stage seconds (summed over workers): {s['stage_seconds']}", "",
-             f"Reconciliation: Milvus count(*) {s['collection_count']} vs ledger {s['ledger_chunks']} — "
-             f"{'OK' if s['reconciled'] else 'MISMATCH'}", ""]
-    if s["failures"]:
-        lines += ["## Failed documents", "", "| source | stage | reason | detail |", "|---|---|---|---|"]
-        lines += [f"| {f['source_uri']} | {f['stage']} | {f['reason']} | {f['detail'][:120].replace('|', '/')} |"
-                  for f in s["failures"]]
-    return "\n".join(lines)

@@ -64,22 +64,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.ingest import ingest
-    from flows.runner import dask_task_runner
 
     settings = _settings(args)
     options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
                if k not in ("milvus_token", "s3_secret")}
     with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-        summary = ingest.with_options(task_runner=dask_task_runner(settings))(
+        summary = ingest(
             source=args.source, collection=settings.collection, retry_failed=args.retry_failed, options=options)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
         print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "
-              f"{summary['failed']} failed, {summary['deleted']} deleted; {summary['chunks_written']} chunks in "
+              f"{summary['failed']} failed, {summary['quarantined']} quarantined, {summary['deleted']} deleted; {summary['chunks_written']} chunks in "
               f"{summary['seconds']:.1f}s ({summary['docs_per_s']:.2f} docs/s, {summary['chunks_per_s']:.1f} chunks/s)")
         for f in summary["failures"]:
-            print(f"  failed  {f['source_uri']}  [{f['stage']}] {f['reason']}: {f['detail'][:150]}")
+            print(f"  {'quarantined' if f['stage'] == 'quality' else 'failed'}  {f['source_uri']}  [{f['stage']}] {f['reason']}: {f['detail'][:150]}")
     return 0
 
 
@@ -103,6 +102,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
     ledger = Ledger(settings.ledger_url)
     rows = ledger.rows(settings.collection)
     return {"collection": settings.collection, "counts": ledger.counts(settings.collection),
+            "last_run": ledger.last_run(settings.collection),
             "documents": [{"doc_id": r["doc_id"], "source_uri": r["source_uri"], "state": r["state"],
                            "reason": r["reason"] or None, "detail": r["detail"] or None, "stage": r["stage"] or None,
                            "chunks": r["chunks"]} for r in rows]}
@@ -115,6 +115,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report["counts"].items())) or "no documents"
     print(f"collection {report['collection']}: {counts}")
+    if run := report["last_run"]:
+        print(f"last run: {run['source']} — reconciliation {'OK' if run['reconciled'] else 'MISMATCH'} "
+              f"(Milvus {run['milvus_count']} chunks, ledger {run['ledger_count']})")
     for d in report["documents"]:
         if d["state"] != "indexed":
             print(f"  {d['state']:<11} {d['source_uri']}  {d['reason'] or ''}: {(d['detail'] or '')[:150]}")

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     chunk_overlap: int = 32
 
     docs_per_batch: int = 32
+    # The run fails before touching the index when more than this fraction of its documents is quarantined.
+    max_quarantined_fraction: float = 0.5
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +28,19 @@ documents = Table(
     Column("content_type", String(255), nullable=False, default=""),
     Column("title", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs", meta,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("collection", String(255), nullable=False, index=True),
+    Column("source", Text, nullable=False),
+    Column("finished_at", Float, nullable=False),
+    Column("reconciled", Integer, nullable=False),
+    Column("milvus_count", Integer, nullable=False),
+    Column("ledger_count", Integer, nullable=False),
+    Column("mismatched", Text, nullable=False, default="[]"),
+    Column("summary", Text, nullable=False, default="{}"),
 )
 
 
@@ -82,6 +96,24 @@ class Ledger:
              .group_by(documents.c.state))
         with self.engine.connect() as conn:
             return {state: n for state, n in conn.execute(q)}
+
+    def record_run(self, collection: str, source: str, reconciliation: dict, summary: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.insert().values(
+                collection=collection, source=source, finished_at=time.time(), reconciled=int(reconciliation["ok"]),
+                milvus_count=reconciliation["milvus_count"], ledger_count=reconciliation["ledger_count"],
+                mismatched=json.dumps(reconciliation["mismatched_docs"]), summary=json.dumps(summary, default=str)))
+
+    def last_run(self, collection: str) -> dict | None:
+        q = select(runs).where(runs.c.collection == collection).order_by(runs.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        r = dict(row._mapping)
+        return {"source": r["source"], "finished_at": r["finished_at"], "reconciled": bool(r["reconciled"]),
+                "milvus_count": r["milvus_count"], "ledger_count": r["ledger_count"],
+                "mismatched_docs": json.loads(r["mismatched"])}
 
     def chunk_total(self, collection: str) -> int:
         q = select(func.coalesce(func.sum(documents.c.chunks), 0)).where(

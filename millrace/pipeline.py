@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -13,6 +14,7 @@ from millrace.config import Settings
 from millrace.embed import Embedder, model_id
 from millrace.extract import ExtractError, make_extractor
 from millrace.ledger import Ledger
+from millrace.quality import apply_gate
 from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
 from millrace.retry import with_retries
 from millrace.sources import open_source
@@ -29,6 +31,7 @@ class Plan:
     todo: list[SourceObject] = field(default_factory=list)
     skipped: list[SourceObject] = field(default_factory=list)
     gone: list[dict] = field(default_factory=list)  # ledger rows whose source object disappeared
+    reusable: set[str] = field(default_factory=set)  # indexed with this model: their vectors can be reused
 
     @property
     def seen(self) -> int:
@@ -45,6 +48,9 @@ def plan_run(objects: list[SourceObject], source_uri: str, ledger: Ledger, colle
         unchanged = row is not None and row["fingerprint"] == obj.fingerprint and row["pipeline_version"] == version
         settled = row is not None and (row["state"] == DocState.indexed.value or not retry_failed)
         (plan.skipped if unchanged and settled and row["state"] != DocState.deleted.value else plan.todo).append(obj)
+    model = version.split("|", 1)[0]
+    plan.reusable = {o.doc_id for o in plan.todo if (row := known.get(o.doc_id)) is not None
+                     and row["state"] == DocState.indexed.value and row["pipeline_version"].split("|", 1)[0] == model}
     listed = {o.doc_id for o in objects}
     prefix = source_uri.rstrip("/") + "/"
     plan.gone = [r for r in known.values() if r["doc_id"] not in listed and r["state"] != DocState.deleted.value
@@ -76,8 +82,11 @@ def _components(settings_json: str):
     return make_extractor(settings), Chunker(settings), Embedder(settings)
 
 
-def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings) -> BatchResult:
-    """Read, extract, chunk and embed a batch; per-document failures are returned, never raised."""
+def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings,
+                  reuse: dict[str, list[float]] | None = None) -> BatchResult:
+    """Read, extract, chunk, embed and quality-check a batch; per-document failures are returned, never raised.
+
+    `reuse` maps content hashes to vectors the index already holds for this model: those chunks skip the model."""
     source = open_source(source_uri, settings)
     extractor, chunker, embedder = _components(_settings_key(settings))
     result = BatchResult()
@@ -114,24 +123,20 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
                                            content_hash=doc.content_hash, content_type=doc.content_type,
                                            title=doc.title, page_count=doc.page_count, chunks=len(chunks)))
     t = time.perf_counter()
-    vectors = embedder.encode([c.text for c in result.chunks])
-    for chunk, vector in zip(result.chunks, vectors):
+    reuse = reuse or {}
+    todo = [c for c in result.chunks if c.content_hash not in reuse]
+    for chunk, vector in zip(todo, embedder.encode([c.text for c in todo])):
         chunk.vector = vector
+    for chunk in result.chunks:
+        if chunk.vector is None:
+            chunk.vector = reuse[chunk.content_hash]
+    result.embedded, result.reused = len(todo), len(result.chunks) - len(todo)
     timings["embed"] += time.perf_counter() - t
-    _drop_bad_vectors(result)
+    t = time.perf_counter()
+    result.quality = apply_gate(result, embedder.dim, max_chars=settings.chunk_size * 40).expectations
+    timings["quality"] = time.perf_counter() - t
     result.stage_seconds = timings
     return result
-
-
-def _drop_bad_vectors(result: BatchResult) -> None:
-    bad = {c.doc_id for c in result.chunks if c.vector is None or not all(map(math.isfinite, c.vector))}
-    if not bad:
-        return
-    for doc in [d for d in result.documents if d.doc_id in bad]:
-        result.failures.append(Failure(doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
-                                       stage="embed", reason="bad_vector", detail="non-finite embedding values"))
-    result.documents = [d for d in result.documents if d.doc_id not in bad]
-    result.chunks = [c for c in result.chunks if c.doc_id not in bad]
 
 
 def _settings_key(settings: Settings) -> str:
@@ -146,6 +151,10 @@ def write_chunks(store: MilvusStore, result: BatchResult) -> int:
 
     New rows land before old ones go, so a crash in between leaves the document searchable."""
     written = store.upsert(result.chunks)
+    if os.environ.get("MILLRACE_FAULT_INJECT") == "kill-after-upsert":
+        # Fault injection for the crash-safety test: die between the write of the new version and the
+        # removal of the old one, the window that must never lose a document.
+        os.kill(os.getpid(), signal.SIGKILL)
     # The index mirrors the ledger: a document that failed this time keeps no chunks.
     keep: dict[str, set[str]] = {d.doc_id: set() for d in result.documents} | {f.doc_id: set() for f in result.failures}
     for c in result.chunks:
@@ -158,7 +167,8 @@ def record_batch(ledger: Ledger, collection: str, result: BatchResult, version: 
     for doc in result.documents:
         ledger.record_indexed(collection, doc, version)
     for failure in result.failures:
-        ledger.record_failed(collection, failure, version)
+        state = DocState.quarantined if failure.stage == "quality" else DocState.failed
+        ledger.record_failed(collection, failure, version, state)
 
 
 def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[dict]) -> int:
@@ -166,3 +176,19 @@ def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[
     for row in gone:
         ledger.record_deleted(collection, row["doc_id"])
     return len(gone)
+
+
+def reconcile(store: MilvusStore, ledger: Ledger, collection: str, touched: set[str]) -> dict:
+    """Ledger totals against Milvus count(*), for the collection and for each document this run touched."""
+    milvus, expected = store.count(), ledger.chunk_total(collection)
+    in_milvus = store.chunk_ids(touched)
+    mismatched = []
+    for row in ledger.rows(collection):
+        if row["doc_id"] in touched:
+            want = row["chunks"] if row["state"] == DocState.indexed.value else 0
+            have = len(in_milvus.get(row["doc_id"], ()))
+            if have != want:
+                mismatched.append({"doc_id": row["doc_id"], "source_uri": row["source_uri"], "milvus": have,
+                                   "ledger": want})
+    return {"ok": milvus == expected and not mismatched, "milvus_count": milvus, "ledger_count": expected,
+            "mismatched_docs": mismatched}

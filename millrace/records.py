@@ -108,6 +108,9 @@ class BatchResult(BaseModel):
     chunks: list[Chunk] = Field(default_factory=list)
     failures: list[Failure] = Field(default_factory=list)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    embedded: int = 0  # chunks the model encoded
+    reused: int = 0  # chunks whose vector was reused by content hash
+    quality: list[dict[str, Any]] = Field(default_factory=list)  # one entry per expectation
 
 
 class Hit(BaseModel):

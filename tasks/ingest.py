@@ -41,14 +41,9 @@ def embedding_dim(settings: Settings) -> int:
 
 @task(name="process-batch", task_run_name="process batch {batch_no}", cache_policy=NO_CACHE)
 def process_batch(batch_no: int, objects: list[SourceObject], source: str, settings: Settings,
-                  write: bool = False) -> BatchResult:
-    """Extract, chunk and embed one batch of documents; on a Milvus server also write it from here."""
-    result = pipeline.process_batch(objects, source, settings)
-    if write:
-        _write(result, settings)
-        for chunk in result.chunks:
-            chunk.vector = None  # written already: don't ship vectors back to the flow
-    return result
+                  reuse: dict[str, list[float]] | None = None) -> BatchResult:
+    """Extract, chunk, embed and quality-check one batch of documents."""
+    return pipeline.process_batch(objects, source, settings, reuse)
 
 
 @task(name="write-batch", task_run_name="write batch {batch_no}", retries=2, retry_delay_seconds=[5, 15],

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from flows.ingest import ingest
-from flows.runner import dask_task_runner
 from millrace.config import ConfigError, load_settings
 from millrace.records import BatchResult
 from serving.retrieve import Retriever
@@ -18,8 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def run(source, settings, **kwargs):
-    return ingest.with_options(task_runner=dask_task_runner(settings))(
-        source=str(source), collection=settings.collection, **kwargs)
+    return ingest(source=str(source), collection=settings.collection, **kwargs)
 
 
 def test_ingest_rerun_edit_and_delete(sample_dir, settings):

@@ -1,0 +1,113 @@
+"""Data-quality gates with Great Expectations (GX Core 1.x): rows that fail quarantine their documents."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from millrace.records import BatchResult, Chunk, Failure
+
+SUITE_PATH = Path(__file__).with_name("expectations") / "chunks.json"
+_lock = threading.Lock()
+_gx: dict = {}
+
+
+class QualityGateError(RuntimeError):
+    """Too many documents failed the quality gates: the run stops before it touches the index."""
+
+
+@dataclass
+class GateReport:
+    """Per expectation: how many rows failed it; per document: why it was quarantined."""
+
+    expectations: list[dict] = field(default_factory=list)
+    quarantined: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _garbled_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    bad = sum(1 for ch in text if ch == "\ufffd" or (not ch.isprintable() and not ch.isspace()))
+    return bad / len(text)
+
+
+def chunk_frame(chunks: list[Chunk]):
+    """One row per chunk with the derived columns the suite checks."""
+    import pandas as pd
+
+    per_doc = Counter(c.doc_id for c in chunks)
+    seen: set[tuple[str, str]] = set()
+    dups: Counter = Counter()
+    for c in chunks:
+        key = (c.doc_id, c.text)
+        dups[c.doc_id] += key in seen
+        seen.add(key)
+    rows = []
+    for i, c in enumerate(chunks):
+        vec = c.vector or []
+        finite = bool(vec) and all(map(math.isfinite, vec))
+        rows.append({"row": i, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source_uri": c.source_uri,
+                     "text_chars": len(c.text.strip()), "vector_dim": len(vec), "vector_finite": finite,
+                     "vector_norm": math.sqrt(sum(v * v for v in vec)) if finite else None,
+                     "garbled_ratio": _garbled_ratio(c.text),
+                     "doc_duplicate_ratio": dups[c.doc_id] / per_doc[c.doc_id]})
+    return pd.DataFrame(rows)
+
+
+def _batch_definition():
+    with _lock:
+        if "bd" not in _gx:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            asset = context.data_sources.add_pandas("millrace").add_dataframe_asset("chunks")
+            _gx["bd"] = asset.add_batch_definition_whole_dataframe("batch")
+            _gx["suite"] = json.loads(SUITE_PATH.read_text())
+        return _gx["bd"], _gx["suite"]
+
+
+def validate_chunks(chunks: list[Chunk], dim: int, max_chars: int) -> GateReport:
+    """Run the repository's suite over a batch of chunks; map failing rows back to their documents."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    report = GateReport()
+    if not chunks:
+        return report
+    bd, suite_json = _batch_definition()
+    df = chunk_frame(chunks)
+    suite = ExpectationSuite(name=suite_json["name"], expectations=suite_json["expectations"])
+    result = bd.get_batch(batch_parameters={"dataframe": df}).validate(
+        suite, expectation_parameters={"dim": dim, "max_chars": max_chars},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]})
+    for r in result.results:
+        reason = r.expectation_config.meta["reason"]
+        failed_rows = [item["row"] for item in (r.result.get("unexpected_index_list") or [])]
+        report.expectations.append({"expectation": r.expectation_config.type,
+                                    "column": r.expectation_config.kwargs.get("column"),
+                                    "reason": reason, "success": bool(r.success), "failed_rows": len(failed_rows)})
+        for row in failed_rows:
+            reasons = report.quarantined.setdefault(df.at[row, "doc_id"] or chunks[row].doc_id, [])
+            if reason not in reasons:
+                reasons.append(reason)
+    return report
+
+
+def apply_gate(result: BatchResult, dim: int, max_chars: int) -> GateReport:
+    """Move the documents with failing rows from the batch's output to its quarantined failures."""
+    report = validate_chunks(result.chunks, dim, max_chars)
+    if not report.quarantined:
+        return report
+    bad = report.quarantined
+    for doc in [d for d in result.documents if d.doc_id in bad]:
+        result.failures.append(Failure(doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
+                                       stage="quality", reason=",".join(sorted(bad[doc.doc_id])),
+                                       detail="failed expectations: " + ", ".join(sorted(bad[doc.doc_id]))))
+    result.documents = [d for d in result.documents if d.doc_id not in bad]
+    result.chunks = [c for c in result.chunks if c.doc_id not in bad]
+    return report
