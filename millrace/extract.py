@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +71,17 @@ def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, A
     )
 
 
+_parses: set[threading.Thread] = set()
+
+
+def _drain_parses(timeout: float = 30.0) -> None:
+    """At exit, let parses still in Java finish (bounded): a thread returning from Java into a finalizing
+    interpreter aborts the process ("FATAL: exception not rethrown"). One truly hung stays in Java, harmlessly."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_parses):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class _Jvm:
     """One JVM per process (a JVM cannot be restarted), shared by every TikaJvmExtractor in it."""
 
@@ -80,9 +93,15 @@ class _Jvm:
         with cls.lock:
             if cls.parser is None:
                 import jpype
+                import jpype.config
                 import jpype.imports  # noqa: F401
 
                 if not jpype.isJVMStarted():
+                    # The thread that creates a JVM becomes its non-daemon "main" thread: DestroyJavaVM at exit
+                    # waits for it, forever if it is a pool thread. Created on the main thread (see
+                    # start_jvm_on_main_thread) JPype's normal teardown is clean; elsewhere, skip the destroy.
+                    jpype.config.destroy_jvm = threading.current_thread() is threading.main_thread()
+                    atexit.register(_drain_parses)  # runs before JPype's own exit hook
                     jpype.startJVM(f"-Xmx{heap}", "-Djava.awt.headless=true",
                                    classpath=[str(jar)], convertStrings=False)
                 from java.lang import Thread
@@ -98,6 +117,26 @@ class _Jvm:
                 Thread.currentThread().setContextClassLoader(loader)
                 cls.parser = AutoDetectParser(TikaConfig(loader))
             return cls.parser
+
+
+def start_jvm_on_main_thread(start) -> None:
+    """In a Dask worker, run `start` on the worker's event loop, which owns the process's main thread."""
+    if _Jvm.parser is not None or threading.current_thread() is threading.main_thread():
+        start()
+        return
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        loop = get_worker().loop
+    except (ImportError, ValueError):  # not in a Dask worker
+        start()
+        return
+
+    async def on_loop() -> None:
+        start()  # blocks the loop once, for the JVM start (~0.3 s)
+
+    sync(loop, on_loop)
 
 
 _JAVA_REASONS = {
@@ -142,6 +181,8 @@ class TikaJvmExtractor:
     def extract(self, obj: SourceObject, data: bytes) -> Document:
         if not data:
             raise ExtractError("empty", "zero-byte file")
+        # Start the JVM before the timed parse thread: an abandoned thread must never be mid-startup.
+        start_jvm_on_main_thread(lambda: _Jvm.get_parser(self.jar, self.settings.tika_heap))
         result: dict[str, Any] = {}
 
         def run() -> None:
@@ -149,8 +190,11 @@ class TikaJvmExtractor:
                 result["value"] = self._parse(obj, data)
             except BaseException as exc:  # Java exceptions arrive here as Python exceptions
                 result["error"] = exc
+            finally:
+                _parses.discard(threading.current_thread())
 
         worker = threading.Thread(target=run, name=f"tika-{obj.doc_id[:8]}", daemon=True)
+        _parses.add(worker)
         worker.start()
         worker.join(self.settings.parse_timeout_s)
         if worker.is_alive():

@@ -44,14 +44,31 @@ def choose_index(settings: Settings) -> str:
     return wanted
 
 
+def pymilvus():
+    """Import pymilvus without letting it reconfigure logging.
+
+    On import it calls logging.config.dictConfig, which shuts down every handler already installed: inside a
+    Prefect flow that blocks ~5 s flushing the API log handler and leaves Prefect's handlers closed."""
+    import logging.config
+    import sys
+
+    if "pymilvus" not in sys.modules:
+        real = logging.config.dictConfig
+        logging.config.dictConfig = lambda config: None
+        try:
+            import pymilvus as module  # noqa: F401
+        finally:
+            logging.config.dictConfig = real
+        # Every query_iterator on Lite warns that it uses a client-side timestamp, which is expected there.
+        logging.getLogger("pymilvus").setLevel(logging.ERROR)
+    return sys.modules["pymilvus"]
+
+
 def connect(settings: Settings):
     """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
-    from pymilvus import MilvusClient
+    MilvusClient = pymilvus().MilvusClient
     from pymilvus.exceptions import MilvusException
 
-    # After the import (pymilvus sets its own levels then): every query_iterator on Lite warns that it
-    # uses a client-side timestamp, which is expected there.
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)
     uri = settings.resolved_milvus_uri
     if settings.milvus_is_lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +106,7 @@ class MilvusStore:
         return self.client.has_collection(self.collection)
 
     def ensure_collection(self, dim: int) -> None:
-        from pymilvus import DataType, MilvusClient
+        DataType, MilvusClient = pymilvus().DataType, pymilvus().MilvusClient
 
         if self.exists():
             field = next(f for f in self.client.describe_collection(self.collection)["fields"] if f["name"] == "vector")
