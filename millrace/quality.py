@@ -31,7 +31,7 @@ class GateReport:
 def _garbled_ratio(text: str) -> float:
     if not text:
         return 0.0
-    bad = sum(1 for ch in text if ch == "\ufffd" or (not ch.isprintable() and not ch.isspace()))
+    bad = sum(1 for ch in text if ch == "\ufffd" or (not ch.isprintable() and not ch.isspace()))  # U+FFFD: lost chars
     return bad / len(text)
 
 
@@ -39,13 +39,18 @@ def chunk_frame(chunks: list[Chunk]):
     """One row per chunk with the derived columns the suite checks."""
     import pandas as pd
 
+    # Text gates are per document: one odd chunk (a lone symbol, a table of glyphs) must not sink 76 pages.
     per_doc = Counter(c.doc_id for c in chunks)
     seen: set[tuple[str, str]] = set()
     dups: Counter = Counter()
+    chars: Counter = Counter()
+    garbled: Counter = Counter()
     for c in chunks:
         key = (c.doc_id, c.text)
         dups[c.doc_id] += key in seen
         seen.add(key)
+        chars[c.doc_id] += len(c.text)
+        garbled[c.doc_id] += _garbled_ratio(c.text) * len(c.text)
     rows = []
     for i, c in enumerate(chunks):
         vec = c.vector or []
@@ -53,7 +58,7 @@ def chunk_frame(chunks: list[Chunk]):
         rows.append({"row": i, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source_uri": c.source_uri,
                      "text_chars": len(c.text.strip()), "vector_dim": len(vec), "vector_finite": finite,
                      "vector_norm": math.sqrt(sum(v * v for v in vec)) if finite else None,
-                     "garbled_ratio": _garbled_ratio(c.text),
+                     "doc_garbled_ratio": garbled[c.doc_id] / max(chars[c.doc_id], 1),
                      "doc_duplicate_ratio": dups[c.doc_id] / per_doc[c.doc_id]})
     return pd.DataFrame(rows)
 

@@ -52,3 +52,9 @@ def test_clean_batch_passes_every_expectation():
     report = validate_chunks([chunk("a", i, text=f"River {i} runs.") for i in range(3)], dim=4, max_chars=1000)
     assert report.quarantined == {} and all(e["success"] for e in report.expectations)
     assert len(report.expectations) == 10
+
+
+def test_one_odd_chunk_does_not_quarantine_a_long_document():
+    chunks = [chunk("long", i, text=f"Normal paragraph {i} about the weir and its fish pass.") for i in range(30)]
+    chunks.append(chunk("long", 30, text="\ufffd"))
+    assert validate_chunks(chunks, dim=4, max_chars=1000).quarantined == {}
