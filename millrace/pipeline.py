@@ -119,9 +119,8 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
             result.failures.append(Failure(**fail, stage="chunk", reason="no_text", detail="no text after cleaning"))
             continue
         result.chunks.extend(chunks)
-        result.documents.append(DocSummary(doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
-                                           content_hash=doc.content_hash, content_type=doc.content_type,
-                                           title=doc.title, page_count=doc.page_count, chunks=len(chunks)))
+        summary = DocSummary.model_validate(doc.model_dump(include=set(DocSummary.model_fields)))
+        result.documents.append(summary.model_copy(update={"chunks": len(chunks)}))
     t = time.perf_counter()
     reuse = reuse or {}
     todo = [c for c in result.chunks if c.content_hash not in reuse]

@@ -43,8 +43,8 @@ class Page(BaseModel):
     text: str
 
 
-class Document(BaseModel):
-    """Extracted text and metadata of one source object."""
+class DocSummary(BaseModel):
+    """A processed document without its text: what the ledger keeps."""
 
     doc_id: str
     source_uri: str
@@ -52,8 +52,14 @@ class Document(BaseModel):
     content_hash: str
     content_type: str = ""
     title: str = ""
-    language: str = ""
     page_count: int = 0
+    chunks: int = 0
+
+
+class Document(DocSummary):
+    """Extracted text and metadata of one source object."""
+
+    language: str = ""
     pages: list[Page] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -86,19 +92,6 @@ class Failure(BaseModel):
     stage: str  # read | extract | chunk | embed | upsert
     reason: str  # short machine-readable code, e.g. "encrypted", "corrupt", "empty"
     detail: str = ""
-
-
-class DocSummary(BaseModel):
-    """A processed document without its text: what the ledger keeps."""
-
-    doc_id: str
-    source_uri: str
-    fingerprint: str
-    content_hash: str
-    content_type: str = ""
-    title: str = ""
-    page_count: int = 0
-    chunks: int = 0
 
 
 class BatchResult(BaseModel):
