@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test server lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+server: $(STAMP)
+	$(BIN)/python -m millrace.server
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

@@ -17,7 +17,7 @@ from millrace.ledger import Ledger
 from millrace.quality import QualityGateError
 from millrace.records import BatchResult, SourceObject
 from millrace.store import MilvusStore
-from tasks.ingest import _store, embedding_dim, list_source, process_batch, write_batch
+from tasks.ingest import milvus_store, embedding_dim, list_source, process_batch, write_batch
 
 
 class ReconciliationError(RuntimeError):
@@ -41,7 +41,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> d
     plan = pipeline.plan_run(objects, _source_uri(source), ledger, settings.collection, version, retry_failed)
     log.info("%d documents at %s: %d to process, %d unchanged, %d gone", len(objects), source, len(plan.todo),
              len(plan.skipped), len(plan.gone))
-    store = _store(settings)
+    store = milvus_store(settings)
     results = _process(source, plan, settings, store, version, ledger) if plan.todo else []
 
     deleted = pipeline.remove_gone(store, ledger, settings.collection, plan.gone)

@@ -57,14 +57,14 @@ def _write(result: BatchResult, settings: Settings) -> int:
     if settings.milvus_is_lite and _in_dask_worker():
         raise ConfigError("Milvus Lite data can only be written by the process that opened it (the flow), not "
                           "from Dask workers; use a Milvus server (MILLRACE_MILVUS_URI) for worker-side writes")
-    store = _store(settings)
+    store = milvus_store(settings)
     return pipeline.write_chunks(store, result)
 
 
 _stores: dict[str, MilvusStore] = {}
 
 
-def _store(settings: Settings) -> MilvusStore:
+def milvus_store(settings: Settings) -> MilvusStore:
     # One client per process and collection: Lite allows a single opener, servers like reused channels.
     key = f"{settings.resolved_milvus_uri}|{settings.collection}"
     if key not in _stores:

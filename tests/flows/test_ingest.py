@@ -10,7 +10,7 @@ from flows.ingest import ingest
 from millrace.config import ConfigError, load_settings
 from millrace.records import BatchResult
 from serving.retrieve import Retriever
-from tasks.ingest import _store
+from tasks.ingest import milvus_store
 from tests.conftest import free_port, wait_port
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def test_ingest_rerun_edit_and_delete(sample_dir, settings):
     first = run(sample_dir, settings)
     assert (first["seen"], first["indexed"], first["failed"]) == (9, 7, 2)
     assert {f["reason"] for f in first["failures"]} == {"empty", "no_text"}
-    store = _store(settings)
+    store = milvus_store(settings)
     assert store.count() == first["chunks_written"] == first["ledger_chunks"] > 0 and first["reconciled"]
     hits = Retriever(settings, store).search("How many days of paid leave do new employees get?", k=3)
     assert hits[0].source_uri.endswith("employee-handbook.pdf") and hits[0].page == 2
@@ -60,13 +60,13 @@ def test_ingest_from_s3_prefix(moto_s3, sample_dir, settings, monkeypatch):
 
     first = run("s3://docs/team", settings)
     assert (first["seen"], first["indexed"], first["failed"]) == (9, 7, 2)
-    hit = Retriever(settings, _store(settings)).search("Which port does the turbine controller listen on?", k=1)[0]
+    hit = Retriever(settings, milvus_store(settings)).search("Which port does the turbine controller listen on?", k=1)[0]
     assert hit.source_uri == "s3://docs/team/controller-faq.html"
 
     s3.delete_object(Bucket="docs", Key="team/controller-faq.html")
     second = run("s3://docs/team", settings)
     assert (second["deleted"], second["processed"]) == (1, 0)
-    assert _store(settings).count(hit.doc_id) == 0
+    assert milvus_store(settings).count(hit.doc_id) == 0
 
 
 @pytest.fixture()
@@ -136,13 +136,13 @@ def test_unreachable_milvus_fails_the_run_with_a_clear_error(sample_dir, setting
 @pytest.mark.slow
 def test_milvus_server_and_lite_hold_the_same_primary_keys(milvus_server, sample_dir, settings, monkeypatch):
     lite = run(sample_dir, settings)
-    lite_ids = _store(settings).chunk_ids()
+    lite_ids = milvus_store(settings).chunk_ids()
     monkeypatch.setenv("MILLRACE_MILVUS_URI", milvus_server)
     monkeypatch.setenv("MILLRACE_HOME", str(settings.home) + "-server")  # its own ledger
     server_settings = load_settings(collection=settings.collection)
     summary = run(sample_dir, server_settings)
     assert summary["reconciled"] and summary["chunks_written"] == lite["chunks_written"]
-    server_store = _store(server_settings)
+    server_store = milvus_store(server_settings)
     assert server_store.index_type == "HNSW"
     assert server_store.chunk_ids() == lite_ids
     rerun = run(sample_dir, server_settings)

@@ -14,7 +14,7 @@ from millrace.config import load_settings
 from millrace.ledger import Ledger
 from millrace.quality import QualityGateError
 from serving.retrieve import Retriever
-from tasks.ingest import _store
+from tasks.ingest import milvus_store
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_unchanged_rerun_embeds_nothing_and_an_edit_reuses_unchanged_chunks(samp
     assert (edited["processed"], edited["indexed"]) == (1, 1)
     assert edited["chunks_reused"] >= doc_chunks - 2 and 1 <= edited["chunks_embedded"] <= 2
     assert edited["reconciled"]
-    assert any("recalibrated" in h.text for h in Retriever(settings, _store(settings)).search(
+    assert any("recalibrated" in h.text for h in Retriever(settings, milvus_store(settings)).search(
         "fish counter recalibrated", k=3))
 
 
@@ -57,7 +57,7 @@ def test_changing_the_chunk_size_reprocesses_everything_without_orphans(sample_d
     monkeypatch.setenv("MILLRACE_HOME", str(tmp_path / "clean"))
     clean = load_settings(collection=settings.collection)
     run(sample_dir, clean)
-    assert _store(resized).chunk_ids() == _store(clean).chunk_ids()
+    assert milvus_store(resized).chunk_ids() == milvus_store(clean).chunk_ids()
 
 
 def test_retry_failed_reprocesses_only_failed_documents(sample_dir, settings):
@@ -73,7 +73,7 @@ def test_a_garbled_document_is_quarantined_and_the_rest_lands(sample_dir, settin
     assert (summary["indexed"], summary["quarantined"], summary["failed"]) == (7, 1, 2)
     rows = {r["source_uri"].rsplit("/", 1)[1]: r for r in Ledger(settings.ledger_url).rows(settings.collection)}
     assert rows["mojibake.txt"]["state"] == "quarantined" and rows["mojibake.txt"]["reason"] == "garbled_text"
-    assert _store(settings).count(rows["mojibake.txt"]["doc_id"]) == 0 and summary["reconciled"]
+    assert milvus_store(settings).count(rows["mojibake.txt"]["doc_id"]) == 0 and summary["reconciled"]
 
 
 def test_too_many_quarantined_documents_fail_the_run_before_the_index_is_touched(sample_dir, settings, monkeypatch):
@@ -83,13 +83,13 @@ def test_too_many_quarantined_documents_fail_the_run_before_the_index_is_touched
     strict = load_settings(collection=settings.collection)
     with pytest.raises(QualityGateError, match="nothing was written"):
         run(sample_dir, strict)
-    assert _store(settings).count() == first["chunks_written"]
+    assert milvus_store(settings).count() == first["chunks_written"]
     assert "mojibake.txt" not in str(Ledger(settings.ledger_url).rows(settings.collection))
 
 
 def test_a_mismatch_between_milvus_and_the_ledger_fails_loudly(sample_dir, settings):
     run(sample_dir, settings)
-    store = _store(settings)
+    store = milvus_store(settings)
     victim = sorted(next(iter(store.chunk_ids().values())))[0]
     store.delete_ids([victim])  # behind the ledger's back
     with pytest.raises(ReconciliationError, match="Re-run the ingest"):
