@@ -36,7 +36,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> d
     log = get_run_logger()
     started = time.perf_counter()
     version = pipeline.pipeline_version(settings)
-    ledger = Ledger(settings.ledger_url)
+    ledger = Ledger(settings.resolved_ledger_url)
     objects = list_source(source, settings)  # called, not submitted: listing runs here, no cluster needed
     plan = pipeline.plan_run(objects, _source_uri(source), ledger, settings.collection, version, retry_failed)
     log.info("%d documents at %s: %d to process, %d unchanged, %d gone", len(objects), source, len(plan.todo),

@@ -99,7 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def status_report(settings: Settings) -> dict[str, Any]:
     from millrace.ledger import Ledger
 
-    ledger = Ledger(settings.ledger_url)
+    ledger = Ledger(settings.resolved_ledger_url)
     rows = ledger.rows(settings.collection)
     return {"collection": settings.collection, "counts": ledger.counts(settings.collection),
             "last_run": ledger.last_run(settings.collection),

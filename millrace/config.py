@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MILLRACE_", extra="ignore")
 
     home: Path = Path(".millrace")
+    ledger_url: str = ""  # any SQLAlchemy URL (PostgreSQL when several flows share a collection); empty: SQLite under home
     collection: str = "millrace"
     # Blocks named this are consulted for whatever flags and env left unset (see blocks/).
     blocks: str = ""
@@ -70,8 +71,8 @@ class Settings(BaseSettings):
         return str((self.home / "milvus.db").resolve())
 
     @property
-    def ledger_url(self) -> str:
-        return f"sqlite:///{(self.home / 'ledger.sqlite').resolve()}"
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.home / 'ledger.sqlite').resolve()}"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -69,8 +69,13 @@ class S3Source:
         base = self.uri.removeprefix("s3://")
         try:
             found = self.fs.find(base, detail=True) if self.fs.isdir(base) else {base: self.fs.info(base)}
-        except PermissionError as exc:
-            raise ConfigError(f"S3 refused listing {self.uri}: check the credentials ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise ConfigError(f"nothing at {self.uri}: check the bucket and prefix") from exc
+        except Exception as exc:
+            if _is_credentials_error(exc):
+                raise ConfigError(f"S3 refused {self.uri}: check the credentials (MILLRACE_S3_KEY / "
+                                  f"MILLRACE_S3_SECRET, an S3 block, or the AWS chain): {exc}") from exc
+            raise
         for key, info in sorted(found.items()):
             if info.get("type") == "directory":
                 continue
@@ -82,6 +87,17 @@ class S3Source:
 
     def read(self, obj: SourceObject) -> bytes:
         return self.fs.cat_file(obj.uri.removeprefix("s3://"))
+
+
+def _is_credentials_error(exc: BaseException) -> bool:
+    """Bad or missing keys, however s3fs/botocore wrap them: these never succeed on retry."""
+    names = {"NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+             "AccessDenied", "InvalidClientTokenId", "ExpiredToken"}
+    while exc is not None:
+        if isinstance(exc, PermissionError) or type(exc).__name__ in names or any(n in str(exc) for n in names):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def s3_filesystem(settings: Settings):

@@ -31,7 +31,7 @@ def long_text(n: int, topic: str = "river") -> str:
 def test_unchanged_rerun_embeds_nothing_and_an_edit_reuses_unchanged_chunks(sample_dir, settings):
     (sample_dir / "river-report.txt").write_text(long_text(120))
     first = run(sample_dir, settings)
-    doc_chunks = {d["source_uri"].rsplit("/", 1)[1]: d["chunks"] for d in Ledger(settings.ledger_url).rows(
+    doc_chunks = {d["source_uri"].rsplit("/", 1)[1]: d["chunks"] for d in Ledger(settings.resolved_ledger_url).rows(
         settings.collection)}["river-report.txt"]
     assert doc_chunks > 10 and first["chunks_embedded"] == first["chunks_written"]
 
@@ -71,7 +71,7 @@ def test_a_garbled_document_is_quarantined_and_the_rest_lands(sample_dir, settin
     (sample_dir / "mojibake.txt").write_text("Stat\ufffd\ufffd \x07\x08\ufffd report \ufffd\ufffd\ufffd\x01\x02 " * 40)
     summary = run(sample_dir, settings)
     assert (summary["indexed"], summary["quarantined"], summary["failed"]) == (7, 1, 2)
-    rows = {r["source_uri"].rsplit("/", 1)[1]: r for r in Ledger(settings.ledger_url).rows(settings.collection)}
+    rows = {r["source_uri"].rsplit("/", 1)[1]: r for r in Ledger(settings.resolved_ledger_url).rows(settings.collection)}
     assert rows["mojibake.txt"]["state"] == "quarantined" and rows["mojibake.txt"]["reason"] == "garbled_text"
     assert milvus_store(settings).count(rows["mojibake.txt"]["doc_id"]) == 0 and summary["reconciled"]
 
@@ -84,7 +84,7 @@ def test_too_many_quarantined_documents_fail_the_run_before_the_index_is_touched
     with pytest.raises(QualityGateError, match="nothing was written"):
         run(sample_dir, strict)
     assert milvus_store(settings).count() == first["chunks_written"]
-    assert "mojibake.txt" not in str(Ledger(settings.ledger_url).rows(settings.collection))
+    assert "mojibake.txt" not in str(Ledger(settings.resolved_ledger_url).rows(settings.collection))
 
 
 def test_a_mismatch_between_milvus_and_the_ledger_fails_loudly(sample_dir, settings):
@@ -94,7 +94,7 @@ def test_a_mismatch_between_milvus_and_the_ledger_fails_loudly(sample_dir, setti
     store.delete_ids([victim])  # behind the ledger's back
     with pytest.raises(ReconciliationError, match="Re-run the ingest"):
         run(sample_dir, settings)
-    last = Ledger(settings.ledger_url).last_run(settings.collection)
+    last = Ledger(settings.resolved_ledger_url).last_run(settings.collection)
     assert last["reconciled"] is False and last["milvus_count"] == last["ledger_count"] - 1
 
 

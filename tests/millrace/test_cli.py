@@ -48,3 +48,32 @@ def test_missing_model_path_is_a_clear_error(settings, capsys, tmp_path):
 def test_search_before_any_ingest_says_what_to_do(settings, capsys):
     assert main(["search", "anything", "--collection", settings.collection]) == 2
     assert "run `millrace ingest` first" in capsys.readouterr().err
+
+
+def test_bad_s3_credentials_are_one_line_and_not_retried(settings, capsys, monkeypatch):
+    """A moto S3 server that enforces authentication (INITIAL_NO_AUTH_ACTION_COUNT=0) refuses unknown keys."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import free_port, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        monkeypatch.setenv("MILLRACE_S3_KEY", "AKIANOTAREALKEY00000")
+        monkeypatch.setenv("MILLRACE_S3_SECRET", "wrong")
+        monkeypatch.setenv("MILLRACE_S3_REGION", "us-east-1")
+        started = time.monotonic()
+        code = main(["ingest", "s3://docs/team", "--s3-endpoint-url", f"http://127.0.0.1:{port}",
+                     "--collection", settings.collection])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and err.startswith("millrace: error: S3 refused s3://docs/team: check the credentials")
+        assert time.monotonic() - started < 20
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -42,3 +42,15 @@ def test_failed_documents_are_skipped_unless_retried(tmp_path):
     assert plan_run([a], "file:///src", ledger, "c", "v1").skipped == [a]
     assert plan_run([a], "file:///src", ledger, "c", "v1", retry_failed=True).todo == [a]
     assert ledger.counts("c") == {"failed": 1}
+
+
+def test_ledger_url_setting_points_the_ledger_anywhere(tmp_path):
+    from millrace.config import Settings
+
+    url = f"sqlite:///{tmp_path}/elsewhere/ledger.db"
+    s = Settings(home=tmp_path / "home", ledger_url=url)
+    assert s.resolved_ledger_url == url
+    assert Settings(home=tmp_path / "home").resolved_ledger_url.endswith("/home/ledger.sqlite")
+    ledger = Ledger(s.resolved_ledger_url)
+    ledger.record_indexed("c", DocSummary(doc_id="d", source_uri="u", fingerprint="f", content_hash="h", chunks=2), "v")
+    assert Ledger(url).chunk_total("c") == 2 and (tmp_path / "elsewhere" / "ledger.db").is_file()
