@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -69,10 +68,8 @@ def test_unreachable_server_fails_with_what_to_do():
     from tests.conftest import free_port
 
     settings = Settings(milvus_uri=f"http://127.0.0.1:{free_port()}", retry_delays=[0.1, 0.1])
-    started = time.monotonic()
     with pytest.raises(ConfigError, match=r"cannot reach Milvus .* after 3 tries.*make server"):
         MilvusStore(settings)
-    assert time.monotonic() - started < 60
 
 
 def test_lite_data_open_in_another_process_is_a_clear_error(tmp_path):
