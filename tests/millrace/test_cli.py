@@ -77,11 +77,12 @@ def test_bad_s3_credentials_are_one_line_and_not_retried(settings, capsys, monke
         monkeypatch.setenv("MILLRACE_S3_KEY", "AKIANOTAREALKEY00000")
         monkeypatch.setenv("MILLRACE_S3_SECRET", "wrong")
         monkeypatch.setenv("MILLRACE_S3_REGION", "us-east-1")
-        code = main(["ingest", "s3://docs/team", "--s3-endpoint-url", f"http://127.0.0.1:{port}",
+        source = f"s3://docs/{settings.collection}"  # unique: the session's Prefect API holds other tests' runs
+        code = main(["ingest", source, "--s3-endpoint-url", f"http://127.0.0.1:{port}",
                      "--collection", settings.collection])
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert code == 2 and err.startswith("millrace: error: S3 refused s3://docs/team: check the credentials")
-        assert list_attempts("s3://docs/team") == [1]
+        assert code == 2 and err.startswith(f"millrace: error: S3 refused {source}: check the credentials")
+        assert list_attempts(source) == [1]
     finally:
         proc.terminate()
         proc.wait(10)
