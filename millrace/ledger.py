@@ -62,25 +62,41 @@ class Ledger:
                                                  documents.c.doc_id == row["doc_id"]))
             conn.execute(documents.insert().values(**row))
 
-    def record_indexed(self, collection: str, doc: DocSummary, pipeline_version: str) -> None:
+    @staticmethod
+    def _indexed_row(collection: str, doc: DocSummary, pipeline_version: str) -> dict:
+        return dict(collection=collection, doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
+                    content_hash=doc.content_hash, pipeline_version=pipeline_version, state=DocState.indexed.value,
+                    reason="", detail="", stage="", chunks=doc.chunks, content_type=doc.content_type, title=doc.title)
+
+    @staticmethod
+    def _failed_row(collection: str, failure: Failure, pipeline_version: str, state: DocState) -> dict:
+        return dict(collection=collection, doc_id=failure.doc_id, source_uri=failure.source_uri,
+                    fingerprint=failure.fingerprint, content_hash="", pipeline_version=pipeline_version,
+                    state=state.value, reason=failure.reason, detail=failure.detail[:2000], stage=failure.stage,
+                    chunks=0, content_type="", title="")
+
+    def record_batch(self, collection: str, docs: list[DocSummary], failures: list[Failure],
+                     pipeline_version: str) -> None:
+        """A batch's outcome in one transaction: quality failures are quarantined, the others failed."""
         with self.engine.begin() as conn:
-            self._upsert(conn, dict(collection=collection, doc_id=doc.doc_id, source_uri=doc.source_uri,
-                                    fingerprint=doc.fingerprint, content_hash=doc.content_hash,
-                                    pipeline_version=pipeline_version, state=DocState.indexed.value, reason="",
-                                    detail="", stage="", chunks=doc.chunks, content_type=doc.content_type,
-                                    title=doc.title))
+            for doc in docs:
+                self._upsert(conn, self._indexed_row(collection, doc, pipeline_version))
+            for f in failures:
+                state = DocState.quarantined if f.stage == "quality" else DocState.failed
+                self._upsert(conn, self._failed_row(collection, f, pipeline_version, state))
+
+    def record_indexed(self, collection: str, doc: DocSummary, pipeline_version: str) -> None:
+        self.record_batch(collection, [doc], [], pipeline_version)
 
     def record_failed(self, collection: str, failure: Failure, pipeline_version: str,
                       state: DocState = DocState.failed) -> None:
         with self.engine.begin() as conn:
-            self._upsert(conn, dict(collection=collection, doc_id=failure.doc_id, source_uri=failure.source_uri,
-                                    fingerprint=failure.fingerprint, content_hash="", pipeline_version=pipeline_version,
-                                    state=state.value, reason=failure.reason, detail=failure.detail[:2000],
-                                    stage=failure.stage, chunks=0, content_type="", title=""))
+            self._upsert(conn, self._failed_row(collection, failure, pipeline_version, state))
 
-    def record_deleted(self, collection: str, doc_id: str) -> None:
+    def record_deleted(self, collection: str, doc_ids: list[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(documents.update().where(documents.c.collection == collection, documents.c.doc_id == doc_id)
+            conn.execute(documents.update().where(documents.c.collection == collection,
+                                                  documents.c.doc_id.in_(doc_ids))
                          .values(state=DocState.deleted.value, chunks=0, reason="", detail="",
                                  updated_at=time.time()))
 

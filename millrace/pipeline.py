@@ -163,17 +163,13 @@ def write_chunks(store: MilvusStore, result: BatchResult) -> int:
 
 
 def record_batch(ledger: Ledger, collection: str, result: BatchResult, version: str) -> None:
-    for doc in result.documents:
-        ledger.record_indexed(collection, doc, version)
-    for failure in result.failures:
-        state = DocState.quarantined if failure.stage == "quality" else DocState.failed
-        ledger.record_failed(collection, failure, version, state)
+    ledger.record_batch(collection, result.documents, result.failures, version)
 
 
 def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[dict]) -> int:
     store.delete_docs({row["doc_id"]: set() for row in gone})
-    for row in gone:
-        ledger.record_deleted(collection, row["doc_id"])
+    if gone:
+        ledger.record_deleted(collection, [row["doc_id"] for row in gone])
     return len(gone)
 
 

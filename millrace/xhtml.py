@@ -19,7 +19,6 @@ class _PageCollector(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.pages: list[list[str]] = [[]]
         self.paged = False
-        self._div_stack: list[bool] = []
         self._skip = 0
 
     def handle_starttag(self, tag, attrs):
@@ -27,9 +26,7 @@ class _PageCollector(HTMLParser):
             self._skip += 1
             return
         if tag == "div":
-            is_page = bool(_PAGE_CLASSES & set((dict(attrs).get("class") or "").split()))
-            self._div_stack.append(is_page)
-            if is_page:
+            if _PAGE_CLASSES & set((dict(attrs).get("class") or "").split()):
                 if not self.paged and not "".join(self.pages[-1]).strip():
                     self.pages[-1] = []  # text before the first page marker is usually empty
                 else:
@@ -49,8 +46,6 @@ class _PageCollector(HTMLParser):
         if tag in _SKIP:
             self._skip = max(0, self._skip - 1)
             return
-        if tag == "div" and self._div_stack:
-            self._div_stack.pop()
         if tag in _BLOCK:
             self.pages[-1].append("\n")
 
