@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test server lock clean
+.PHONY: install demo test server bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,22 @@ test: $(STAMP)
 server: $(STAMP)
 	$(BIN)/python -m millrace.server
 
+# The benchmarks of BENCHMARKS.md (about an hour on 2 cores); never part of `make test`.
+SCIFACT ?= ../shared/data/scifact
+DOCS    ?= ../shared/data/docs
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python bench/ingest.py --corpus $(SCIFACT)
+	$(BIN)/python bench/ingest.py --corpus $(DOCS) --name docs
+	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
+	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
+	$(BIN)/python bench/query.py
+	$(BIN)/millrace eval beir $(SCIFACT) --out bench/results/eval_scifact.json
+	$(BIN)/python bench/plots.py
+
 lock:
-	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new
+	echo '# Every package beneath pyproject.toml (extras test and bench included), pinned. Regenerate with `make lock` after changing a pin.' > constraints.txt.new
+	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' >> constraints.txt.new
 	echo 'torch==2.13.0' >> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:

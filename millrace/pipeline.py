@@ -13,6 +13,7 @@ from millrace.chunk import Chunker
 from millrace.config import Settings
 from millrace.embed import Embedder, model_id
 from millrace.extract import ExtractError, make_extractor
+from millrace.jsonl import RECORD_MEDIA_TYPE, record_document
 from millrace.ledger import Ledger
 from millrace.quality import apply_gate
 from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
@@ -54,8 +55,18 @@ def plan_run(objects: list[SourceObject], source_uri: str, ledger: Ledger, colle
     listed = {o.doc_id for o in objects}
     prefix = source_uri.rstrip("/") + "/"
     plan.gone = [r for r in known.values() if r["doc_id"] not in listed and r["state"] != DocState.deleted.value
-                 and (r["source_uri"].startswith(prefix) or r["source_uri"] == source_uri)]
+                 and (r["source_uri"].startswith((prefix, source_uri + "#")) or r["source_uri"] == source_uri)]
     return plan
+
+
+def batch_size_for(n_docs: int, docs_per_batch: int, parallel: int, most: int = 256) -> int:
+    """Documents per batch: the setting, or (0) enough batches to keep `parallel` task slots busy, at most `most`.
+
+    Fewer, larger batches cut per-task overhead (Prefect task runs, GX validations, result transfers) and give the
+    model longer runs of length-sorted texts; a few batches per slot keep the tail short."""
+    if docs_per_batch:
+        return docs_per_batch
+    return max(1, min(most, -(-n_docs // max(1, 4 * parallel))))
 
 
 def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_bytes: int = 64 * 1024 * 1024
@@ -77,9 +88,21 @@ def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_byt
 
 @lru_cache(maxsize=4)
 def _components(settings_json: str):
-    """Extractor, chunker and embedder for this process: built once, reused by every batch it runs."""
+    """Chunker and embedder for this process: built once, reused by every batch it runs."""
     settings = Settings.model_validate_json(settings_json)
-    return make_extractor(settings), Chunker(settings), Embedder(settings)
+    return Chunker(settings), Embedder(settings)
+
+
+@lru_cache(maxsize=4)
+def _extractor(settings_json: str):
+    # Separate and lazy: a record corpus never needs Tika, so its workers never start a JVM.
+    return make_extractor(Settings.model_validate_json(settings_json))
+
+
+def extract(obj: SourceObject, data: bytes, settings: Settings):
+    if obj.media_type == RECORD_MEDIA_TYPE:
+        return record_document(obj, data)
+    return _extractor(_settings_key(settings)).extract(obj, data)
 
 
 def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings,
@@ -88,7 +111,7 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
 
     `reuse` maps content hashes to vectors the index already holds for this model: those chunks skip the model."""
     source = open_source(source_uri, settings)
-    extractor, chunker, embedder = _components(_settings_key(settings))
+    chunker, embedder = _components(_settings_key(settings))
     result = BatchResult()
     timings = {"read": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0}
     for obj in objects:
@@ -106,7 +129,7 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
         timings["read"] += time.perf_counter() - t
         t = time.perf_counter()
         try:
-            doc = extractor.extract(obj, data)
+            doc = extract(obj, data, settings)
         except ExtractError as exc:
             result.failures.append(Failure(**fail, stage="extract", reason=exc.reason, detail=exc.detail))
             continue
@@ -145,11 +168,13 @@ def _settings_key(settings: Settings) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def write_chunks(store: MilvusStore, result: BatchResult) -> int:
+def write_chunks(store: MilvusStore, result: BatchResult, existing: dict[str, set[str]] | None = None) -> int:
     """Upsert a batch's chunks, then remove each document's chunks from older versions.
 
-    New rows land before old ones go, so a crash in between leaves the document searchable."""
-    written = store.upsert(result.chunks)
+    New rows land before old ones go, so a crash in between leaves the document searchable. `existing` (chunk ids
+    per document, read once for the whole run) saves a query per batch; without it they are looked up here."""
+    stored = None if existing is None else set().union(*existing.values())
+    written = store.upsert(result.chunks, stored=stored)
     if os.environ.get("MILLRACE_FAULT_INJECT") == "kill-after-upsert":
         # Fault injection for the crash-safety test: die between the write of the new version and the
         # removal of the old one, the window that must never lose a document.
@@ -158,7 +183,11 @@ def write_chunks(store: MilvusStore, result: BatchResult) -> int:
     keep: dict[str, set[str]] = {d.doc_id: set() for d in result.documents} | {f.doc_id: set() for f in result.failures}
     for c in result.chunks:
         keep[c.doc_id].add(c.chunk_id)
-    store.delete_docs(keep)
+    if existing is None:
+        store.delete_docs(keep)
+    else:
+        stale = set().union(*(existing.get(doc, set()) - ids for doc, ids in keep.items()))
+        store.delete_ids(stale)
     return written
 
 

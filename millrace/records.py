@@ -32,10 +32,11 @@ class SourceObject(BaseModel):
     doc_id: str
     size: int
     fingerprint: str  # ETag, or size+mtime: whatever changes when the content does
+    media_type: str = ""  # set by sources whose objects need no parser (JSONL records); empty: Tika decides
 
     @classmethod
-    def make(cls, uri: str, size: int, fingerprint: str) -> "SourceObject":
-        return cls(uri=uri, doc_id=doc_id_for(uri), size=size, fingerprint=fingerprint)
+    def make(cls, uri: str, size: int, fingerprint: str, media_type: str = "") -> "SourceObject":
+        return cls(uri=uri, doc_id=doc_id_for(uri), size=size, fingerprint=fingerprint, media_type=media_type)
 
 
 class Page(BaseModel):

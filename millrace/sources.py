@@ -117,8 +117,12 @@ def s3_filesystem(settings: Settings):
 
 
 def open_source(uri: str, settings: Settings) -> Source:
+    from millrace.jsonl import JsonlSource, is_jsonl
+
     if uri.startswith("s3://"):
         return S3Source(uri, settings)
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
+    if is_jsonl(uri.removeprefix("file://")):
+        return JsonlSource(uri.removeprefix("file://"))
     return LocalSource(uri.removeprefix("file://"), settings.include, settings.exclude)

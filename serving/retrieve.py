@@ -1,4 +1,5 @@
-"""Dense retrieval: embed the query with the ingestion model, search Milvus, return citable hits."""
+"""Retrieval for serving: embed the query with the ingestion model, search Milvus (dense, or hybrid with BM25 where
+the collection has it), return citable hits."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ class Retriever:
         self.store = store or MilvusStore(settings)
         self.embedder = Embedder(settings)
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        vector = self.embedder.encode([text])[0]
-        return self.store.search(vector, k)
+    def mode(self, requested: str | None = None) -> str:
+        """`auto` is hybrid where the collection has its BM25 field (better on SciFact: see BENCHMARKS.md)."""
+        mode = requested or self.settings.search_mode
+        if mode == "auto":
+            return "hybrid" if self.store.has_full_text() else "dense"
+        return mode
+
+    def search(self, text: str, k: int = 10, mode: str | None = None) -> list[Hit]:
+        mode = self.mode(mode)
+        vector = self.embedder.encode([text])[0] if mode != "bm25" else [0.0]
+        return self.store.search(vector, k, text=text, mode=mode)
 
 
 def cite(hit: Hit) -> str:

@@ -48,17 +48,18 @@ def process_batch(batch_no: int, objects: list[SourceObject], source: str, setti
 
 @task(name="write-batch", task_run_name="write batch {batch_no}", retries=2, retry_delay_seconds=[5, 15],
       retry_condition_fn=not_a_config_error, cache_policy=NO_CACHE)
-def write_batch(batch_no: int, result: BatchResult, settings: Settings) -> int:
+def write_batch(batch_no: int, result: BatchResult, settings: Settings,
+                existing: dict[str, set[str]] | None = None) -> int:
     """Upsert a batch's chunks into Milvus and drop the chunks of their older versions."""
-    return _write(result, settings)
+    return _write(result, settings, existing)
 
 
-def _write(result: BatchResult, settings: Settings) -> int:
+def _write(result: BatchResult, settings: Settings, existing: dict[str, set[str]] | None = None) -> int:
     if settings.milvus_is_lite and _in_dask_worker():
         raise ConfigError("Milvus Lite data can only be written by the process that opened it (the flow), not "
                           "from Dask workers; use a Milvus server (MILLRACE_MILVUS_URI) for worker-side writes")
     store = milvus_store(settings)
-    return pipeline.write_chunks(store, result)
+    return pipeline.write_chunks(store, result, existing)
 
 
 _stores: dict[str, MilvusStore] = {}

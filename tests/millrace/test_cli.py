@@ -32,6 +32,11 @@ def test_ingest_search_status_json_contracts(sample_dir, settings, capsys):
     top = found["hits"][0]
     assert {"score", "doc_id", "source_uri", "title", "page", "text"} <= set(top)
     assert top["source_uri"].endswith("controller-faq.html") and "reset" in top["text"]
+    assert found["mode"] == "hybrid"  # auto: the Lite collection has its BM25 field
+    for mode in ["dense", "bm25"]:
+        alone = run_json(capsys, "search", "turbine controller reset button", "-k", "1", "--mode", mode,
+                         "--collection", settings.collection)
+        assert alone["mode"] == mode and alone["hits"][0]["source_uri"].endswith("controller-faq.html")
 
     status = run_json(capsys, "status", "--collection", settings.collection)
     assert status["counts"] == {"indexed": 7, "failed": 2}

@@ -1,7 +1,7 @@
 import pytest
 
 from millrace.ledger import Ledger
-from millrace.pipeline import make_batches, plan_run
+from millrace.pipeline import batch_size_for, make_batches, plan_run
 from millrace.records import DocSummary, Failure, SourceObject
 
 pytestmark = pytest.mark.unit
@@ -16,6 +16,13 @@ def test_batches_respect_count_and_bytes():
     assert [len(b) for b in make_batches(objs, 4)] == [4, 4, 2]
     assert [len(b) for b in make_batches(objs, 100, max_batch_bytes=100)] == [2, 2, 2, 2, 2]
     assert make_batches([], 4) == []
+
+
+def test_automatic_batch_size_keeps_every_slot_busy_and_batches_bounded():
+    assert batch_size_for(5183, 0, parallel=2) == 256  # capped: ~21 batches for SciFact on one 2-thread worker
+    assert batch_size_for(1000, 0, parallel=2) == 125  # four batches per slot
+    assert batch_size_for(9, 0, parallel=2) == 2 and batch_size_for(3, 0, parallel=16) == 1
+    assert batch_size_for(1000, 7, parallel=2) == 7  # an explicit setting wins
 
 
 def test_plan_skips_unchanged_and_finds_deleted(tmp_path):

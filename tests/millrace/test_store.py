@@ -84,3 +84,31 @@ def test_lite_data_open_in_another_process_is_a_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_bm25_and_hybrid_find_an_exact_term_the_vectors_do_not_know(store):
+    docs = chunks("a", 6, text="routine maintenance of the cooling loop")
+    docs[4].text = "alarm code E4471 means the bearing sensor is unplugged"  # its vector points elsewhere
+    store.upsert(docs + chunks("b", 4, text="quarterly budget review"))
+    assert store.has_full_text()
+    probe = [0.0] * 8
+    probe[0] = 1.0  # nearest chunk by vector: a-00000
+    dense = store.search(probe, k=2, text="E4471", mode="dense")
+    assert {h.chunk_index for h in dense} == {0} and not any("E4471" in h.text for h in dense)
+    bm25 = store.search(probe, k=3, text="what does E4471 mean", mode="bm25")
+    assert bm25[0].text.startswith("alarm code E4471") and len(bm25) == 1  # no other chunk has those terms
+    hybrid = store.search(probe, k=3, text="E4471", mode="hybrid")
+    assert {hybrid[0].text, hybrid[1].text} >= {"alarm code E4471 means the bearing sensor is unplugged"}
+    per_doc = store.search_many([probe], ["cooling loop budget"], k=10, mode="hybrid", group_by_doc=True)[0]
+    assert sorted(h.doc_id for h in per_doc) == ["a", "b"]
+
+
+def test_a_collection_without_the_bm25_field_refuses_hybrid_search(tmp_path):
+    s = MilvusStore(Settings(home=tmp_path, collection="old", full_text="off"))
+    s.ensure_collection(8)
+    s.upsert(chunks("a", 2))
+    assert not s.has_full_text()
+    with pytest.raises(ConfigError, match="no BM25 field"):
+        s.search([1.0] + [0.0] * 7, text="t", mode="hybrid")
+    assert len(s.search([1.0] + [0.0] * 7, k=2)) == 2
+    s.close()

@@ -1,0 +1,65 @@
+"""The `evaluate` flow: ingest a BEIR data set through the normal ingest flow, run its queries, score them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.ingest import ingest
+from millrace import evaluate as ev
+from millrace.config import Settings, load_settings
+
+
+class EvaluationGateError(RuntimeError):
+    """The index scores below the bar the caller set: do not promote it."""
+
+
+@task(name="score-queries", task_run_name="score {mode} on {dataset}", cache_policy=NO_CACHE)
+def score_queries(dataset: str, data_dir: str, split: str, mode: str, settings: Settings) -> dict[str, float]:
+    """Run every judged query against the collection and compute nDCG@10, MAP@10, Recall@100 and MRR@10."""
+    from millrace.embed import Embedder
+    from tasks.ingest import milvus_store  # the flow's own client: Milvus Lite admits one opener per file
+
+    ds = ev.load_beir(data_dir, split)
+    run = ev.retrieve(milvus_store(settings), Embedder(settings), ds.queries, mode)
+    return ev.score(ds.qrels, run)
+
+
+@flow(name="evaluate", flow_run_name="evaluate {data_dir} ({mode})")
+def evaluate(data_dir: str, collection: str | None = None, mode: str = "dense", split: str = "test",
+             options: dict[str, Any] | None = None, min_ndcg: float | None = None) -> dict[str, Any]:
+    """Index a BEIR data set with the ingest flow and score retrieval on its judged queries."""
+    if mode not in ev.MODES:
+        raise ValueError(f"mode must be one of {ev.MODES}")
+    ds = ev.load_beir(data_dir, split)
+    settings = load_settings(**{**(options or {}), "collection": collection or ev.default_collection(ds.name)})
+    summary = ingest(source=str(ds.corpus), collection=settings.collection, options=options)
+    from tasks.ingest import milvus_store
+
+    modes = [m for m in ev.MODES if m == "dense" or milvus_store(settings).has_full_text()]
+    by_mode = {m: score_queries(ds.name, data_dir, split, m, settings) for m in modes}
+    result = {**by_mode[mode], "queries": len(ds.queries), "mode": mode, "split": split, "dataset": ds.name,
+              "collection": settings.collection, "documents": summary["seen"], "chunks": summary["collection_count"],
+              "by_mode": by_mode}
+    create_markdown_artifact(key=f"evaluation-{_key(ds.name)}", markdown=_report(result),
+                             description=f"retrieval quality on {ds.name} ({split})")
+    if min_ndcg is not None and result["ndcg@10"] < min_ndcg:
+        raise EvaluationGateError(f"nDCG@10 {result['ndcg@10']:.4f} on {ds.name} is below the required {min_ndcg}")
+    return result
+
+
+def _report(result: dict[str, Any]) -> str:
+    keys = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+    lines = [f"# Retrieval on {result['dataset']} ({result['split']}, {result['queries']} queries)", "",
+             f"{result['documents']} documents, {result['chunks']} chunks in `{result['collection']}`", "",
+             "| mode | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for mode, scores in result["by_mode"].items():
+        lines.append(f"| {mode} | " + " | ".join(f"{scores[k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _key(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())

@@ -1,0 +1,139 @@
+"""Ingestion efficiency: end-to-end ingest throughput against the encode-only limit, i.e. the same model encoding
+the same chunk texts at its best batch size, in the same process, measured in the same run."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from millrace.config import ConfigError, Settings
+
+SWEEP = (4, 8, 16, 32, 64, 128)
+
+
+def corpus_source(corpus: str | Path) -> Path:
+    """A BEIR folder means its corpus file; anything else (a folder of documents, a .jsonl file) is itself."""
+    path = Path(corpus).expanduser().resolve()
+    if not path.exists():
+        raise ConfigError(f"corpus {path} does not exist")
+    for name in ("corpus.jsonl.gz", "corpus.jsonl"):
+        if path.is_dir() and (path / name).is_file():
+            return path / name
+    return path
+
+
+def take(corpus: str | Path, limit: int | None, workdir: Path) -> Path:
+    """The corpus, or a copy of its first `limit` documents (records or files, in sorted order)."""
+    source = corpus_source(corpus)
+    if not limit:
+        return source
+    if source.is_file() and source.name.endswith((".jsonl", ".jsonl.gz")):
+        out = workdir / "corpus.jsonl"
+        with (gzip.open if source.name.endswith(".gz") else open)(source, "rt", encoding="utf-8") as src, \
+                open(out, "w", encoding="utf-8") as dst:
+            lines = (line for line in src if line.strip())
+            for _, line in zip(range(limit), lines):
+                dst.write(line)
+        return out
+    out = workdir / "docs"
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(source).parts)][:limit]
+    for p in files:
+        dest = out / p.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dest)
+    return out
+
+
+def encode_sweep(embedder, texts: list[str], sizes=SWEEP, sample: int = 512, progress: bool = False
+                 ) -> dict[int, float]:
+    """Texts per second at each batch size, on an evenly spread sample of the texts."""
+    from tqdm.auto import tqdm
+
+    step = max(1, len(texts) // sample)
+    probe = texts[::step][:sample]
+    embedder.encode(probe[:32], batch_size=16)  # warm-up: first calls allocate and tune kernels
+    rates: dict[int, float] = {}
+    for size in tqdm(sizes, desc="batch-size sweep", disable=not progress):
+        t = time.perf_counter()
+        embedder.encode(probe, batch_size=size)
+        rates[size] = round(len(probe) / (time.perf_counter() - t), 2)
+    return rates
+
+
+def encode_all(embedder, texts: list[str], batch_size: int, progress: bool = False) -> float:
+    """Seconds to encode every text once at `batch_size`, sorted by length as the model does in one call."""
+    from tqdm.auto import tqdm
+
+    ordered = sorted(texts, key=len)
+    step = 1024
+    started = time.perf_counter()
+    with tqdm(total=len(ordered), desc="encode-only", unit="chunk", disable=not progress) as bar:
+        for i in range(0, len(ordered), step):
+            embedder.encode(ordered[i:i + step], batch_size=batch_size)
+            bar.update(len(ordered[i:i + step]))
+    return time.perf_counter() - started
+
+
+def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = None, progress: bool = True,
+                 sizes=SWEEP) -> dict[str, Any]:
+    """Ingest the corpus into a fresh, throw-away home with the real flow, then encode its chunk texts directly."""
+    import torch
+
+    from flows.ingest import ingest
+    from millrace.embed import Embedder
+    from tasks.ingest import milvus_store
+
+    with tempfile.TemporaryDirectory(prefix="millrace-bench-") as tmp:
+        source = take(corpus, limit, Path(tmp))
+        run = settings.model_copy(update={"home": Path(tmp) / "home", "collection": "bench",
+                                          "ledger_url": "", "milvus_uri": ""})
+        options = {k: v for k, v in run.model_dump(mode="json", exclude_defaults=True).items()
+                   if k not in ("milvus_token", "s3_secret")}
+        options["home"] = str(run.home)
+        if progress:
+            print(f"ingesting {source} end to end ...", flush=True)
+        started = time.perf_counter()
+        summary = ingest(source=str(source), collection="bench", options=options)
+        wall = time.perf_counter() - started
+        store = milvus_store(run)
+        texts = [row["text"] for row in store._rows(None, ["text"])]
+        store.close()
+        embedder = Embedder(run)
+        rates = encode_sweep(embedder, texts, sizes, progress=progress)
+        best = max(rates, key=rates.get)
+        encode_s = encode_all(embedder, texts, best, progress=progress)
+    chunks = summary["chunks_written"]
+    e2e = chunks / wall if wall else 0.0
+    limit_rate = len(texts) / encode_s if encode_s else 0.0
+    return {
+        "efficiency": round(e2e / limit_rate, 4) if limit_rate else 0.0,
+        "e2e_chunks_per_s": round(e2e, 2), "e2e_docs_per_s": round(summary["indexed"] / wall, 2),
+        "encode_only_chunks_per_s": round(limit_rate, 2), "chunks": chunks, "documents": summary["indexed"],
+        "failed": summary["failed"] + summary["quarantined"], "device": embedder.device,
+        "e2e_seconds": round(wall, 2), "encode_only_seconds": round(encode_s, 2), "best_batch_size": best,
+        "batch_sweep": rates, "stage_seconds": summary["stage_seconds"], "phase_seconds": summary["phase_seconds"],
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "corpus": str(corpus_source(corpus)),
+        "limit": limit,
+    }
+
+
+def format_ingest(r: dict[str, Any]) -> str:
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in r["phase_seconds"].items())
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
+    sweep = ", ".join(f"{k}: {v:.1f}/s" for k, v in r["batch_sweep"].items())
+    return "\n".join([
+        f"corpus      {r['corpus']}" + (f" (first {r['limit']})" if r["limit"] else ""),
+        f"device      {r['device']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs",
+        f"end to end  {r['chunks']} chunks, {r['documents']} docs in {r['e2e_seconds']:.1f}s = "
+        f"{r['e2e_chunks_per_s']:.1f} chunks/s, {r['e2e_docs_per_s']:.1f} docs/s",
+        f"encode-only {r['encode_only_chunks_per_s']:.1f} chunks/s at batch size {r['best_batch_size']} ({sweep})",
+        f"efficiency  {r['efficiency']:.3f} of the encode-only limit",
+        f"wall phases {phases}",
+        f"task stages {stages} (summed over worker threads)",
+    ])

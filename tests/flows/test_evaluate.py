@@ -1,0 +1,61 @@
+import csv
+import gzip
+import json
+
+import pytest
+
+from flows.evaluate import EvaluationGateError, evaluate
+from millrace import cli
+from tests.conftest import SHARED
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"ndcg@10", "map@10", "recall@100", "mrr@10", "queries", "mode", "split"}
+
+
+@pytest.fixture(scope="module")
+def scifact_subset(tmp_path_factory):
+    """15 judged SciFact test queries, their relevant abstracts and 200 other abstracts, in BEIR's layout."""
+    src = SHARED / "scifact"
+    if not (src / "corpus.jsonl.gz").is_file():
+        pytest.fail(f"SciFact not found at {src}: set MILLRACE_SHARED_DATA to the shared/data folder")
+    with open(src / "qrels" / "test.tsv", newline="") as fh:
+        rows = [r for r in csv.reader(fh, delimiter="\t")][1:]
+    qids = sorted({r[0] for r in rows}, key=int)[:15]
+    qrels = [r for r in rows if r[0] in qids]
+    relevant = {r[1] for r in qrels}
+    out = tmp_path_factory.mktemp("scifact-subset")
+    (out / "qrels").mkdir()
+    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels))
+    kept, others = [], 0
+    with gzip.open(src / "corpus.jsonl.gz", "rt") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["_id"] in relevant or others < 200:
+                others += rec["_id"] not in relevant
+                kept.append(line)
+    (out / "corpus.jsonl").write_text("".join(kept))
+    queries = [q for q in (src / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in qids]
+    (out / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    return out
+
+
+def test_evaluate_flow_scores_every_mode_and_gates(scifact_subset, settings):
+    result = evaluate(data_dir=str(scifact_subset), collection=settings.collection)
+    assert KEYS <= set(result) and result["queries"] == 15 and (result["mode"], result["split"]) == ("dense", "test")
+    assert set(result["by_mode"]) == {"dense", "bm25", "hybrid"}
+    assert result["by_mode"]["dense"] == {k: result[k] for k in ("ndcg@10", "map@10", "recall@100", "mrr@10")}
+    # ~215 abstracts: the model must put the judged ones near the top, far above chance (~0.05).
+    assert 0.5 < result["ndcg@10"] <= 1.0 and result["recall@100"] >= 0.9
+    assert result["chunks"] > result["documents"] > 200
+
+    with pytest.raises(EvaluationGateError, match="below the required"):
+        evaluate(data_dir=str(scifact_subset), collection=settings.collection, mode="hybrid", min_ndcg=1.01)
+
+
+def test_cli_eval_beir_prints_one_json_object(scifact_subset, settings, capsys):
+    rc = cli.main(["eval", "beir", str(scifact_subset), "--mode", "hybrid", "--json",
+                   "--collection", settings.collection])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert KEYS <= set(out) and out["mode"] == "hybrid" and out["ndcg@10"] == out["by_mode"]["hybrid"]["ndcg@10"]
