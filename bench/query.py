@@ -61,12 +61,13 @@ def measure(store, retriever, n_queries: int, rng) -> dict:
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)
     texts = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} procedure {i}" for i in range(n_queries)]
     for q in qs[:10]:  # warm-up: first searches load segments and build caches
-        store.client.search(store.collection, data=[q.tolist()], limit=10, search_params=params)
+        store.client.search(store.collection, data=[q.tolist()], anns_field="vector", limit=10, search_params=params,
+                            consistency_level=store.settings.search_consistency)
     raw = []
     for q in tqdm(qs, desc="raw search", unit="q", leave=False):
         t = time.perf_counter()
-        store.client.search(store.collection, data=[q.tolist()], limit=10, output_fields=OUTPUT_FIELDS,
-                            search_params=params)
+        store.client.search(store.collection, data=[q.tolist()], anns_field="vector", limit=10, output_fields=OUTPUT_FIELDS,
+                            search_params=params, consistency_level=store.settings.search_consistency)
         raw.append(time.perf_counter() - t)
     out = {"raw": percentiles(raw), "raw_samples_ms": [round(x * 1000, 3) for x in raw]}
     for mode in ["dense", "hybrid"] if store.has_full_text() else ["dense"]:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # BM25 full-text field next to the vectors (hybrid search): auto = where the engine has it (Lite, Milvus >= 2.5)
     full_text: str = "auto"
     search_mode: str = "auto"  # dense | bm25 | hybrid | auto (hybrid where the collection has BM25)
+    # Bounded: a search may miss writes of the last few seconds; Strong waits ~200 ms per search on a server.
+    search_consistency: str = "Bounded"
 
     dask_address: str = ""  # empty: a LocalCluster started for the run
     dask_workers: int = 0  # LocalCluster workers; 0 = decide from the cores

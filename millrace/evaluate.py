@@ -87,7 +87,9 @@ def retrieve(store, embedder, queries: dict[str, str], mode: str, depth: int = D
         ids = qids[i:i + batch]
         texts = [queries[q] for q in ids]
         vectors = embedder.encode(texts) if mode != "bm25" else [[0.0]] * len(texts)
-        for qid, hits in zip(ids, store.search_many(vectors, texts, depth, mode=mode, group_by_doc=True)):
+        # Strong: scoring right after an ingest must see every chunk it wrote (server searches default to Bounded).
+        found = store.search_many(vectors, texts, depth, mode=mode, group_by_doc=True, consistency="Strong")
+        for qid, hits in zip(ids, found):
             docs: dict[str, float] = {}
             for h in hits:
                 doc = record_id(h.source_uri) if "#" in h.source_uri else h.source_uri

@@ -246,7 +246,8 @@ class MilvusStore:
         return self.search_many([vector], [text or ""], k, expr, mode)[0]
 
     def search_many(self, vectors: list[list[float]], texts: list[str], k: int = 10, expr: str = "",
-                    mode: str = "dense", group_by_doc: bool = False) -> list[list[Hit]]:
+                    mode: str = "dense", group_by_doc: bool = False, consistency: str | None = None
+                    ) -> list[list[Hit]]:
         """Top-k chunks per query: `dense` (vectors), `bm25` (texts) or `hybrid` (both, fused by RRF).
 
         `group_by_doc` returns at most one chunk (the best) per document, for document-level ranking."""
@@ -261,12 +262,16 @@ class MilvusStore:
         mp = pymilvus()
         group = {"group_by_field": "doc_id"} if group_by_doc else {}
         dense = {"metric_type": self.settings.milvus_metric, "params": _SEARCH.get(self.index_type, {})}
+        # Searches need not wait for Strong consistency (counts and reconciliation do): on a server, Strong makes
+        # every search wait for the next time tick, ~200 ms (bench/query.py measured 200 ms p50 at 10k rows).
+        level = {"consistency_level": consistency or self.settings.search_consistency}
         if mode == "dense":
             res = self.client.search(self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
-                                     output_fields=OUTPUT_FIELDS, search_params=dense, **group)
+                                     output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
         elif mode == "bm25":
             res = self.client.search(self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k, filter=expr,
-                                     output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"}, **group)
+                                     output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"}, **group,
+                                     **level)
         else:
             # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
             # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
@@ -275,7 +280,7 @@ class MilvusStore:
                     mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
                                         limit=fetch, expr=expr or None)]
             res = self.client.hybrid_search(self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K), limit=fetch,
-                                            output_fields=OUTPUT_FIELDS)
+                                            output_fields=OUTPUT_FIELDS, **level)
         out = []
         for hits in res:
             found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), **{f: r["entity"][f] for f in OUTPUT_FIELDS})

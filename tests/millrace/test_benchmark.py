@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from millrace.benchmark import bench_ingest, corpus_source, take
+from millrace import cli
+from millrace.benchmark import SWEEP, corpus_source, take
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,14 @@ def test_take_copies_the_first_documents_of_records_or_folders(tmp_path):
     assert take(docs, None, out) == docs
 
 
-def test_bench_ingest_smoke(tmp_path, settings):
-    """The benchmark's plumbing on a tiny corpus; its numbers are only meaningful from bench/ (BENCHMARKS.md)."""
+def test_bench_ingest_smoke(tmp_path, settings, capsys):
+    """`millrace bench ingest` on a tiny corpus: the plumbing only; numbers come from bench/ (BENCHMARKS.md)."""
     corpus = tmp_path / "tiny.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    r = bench_ingest(corpus, settings, limit=20, progress=False, sizes=(8, 16))
+    assert cli.main(["bench", "ingest", "--corpus", str(corpus), "--limit", "20", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"efficiency", "e2e_chunks_per_s", "encode_only_chunks_per_s", "chunks", "device"} <= set(r)
     assert r["documents"] == 20 and r["chunks"] >= 20 and r["device"] == "cpu"
     assert r["efficiency"] == pytest.approx(r["e2e_chunks_per_s"] / r["encode_only_chunks_per_s"], rel=0.01)
-    assert set(r["batch_sweep"]) == {8, 16} and r["best_batch_size"] in (8, 16)
-    assert {"start_workers", "process", "write"} <= set(r["phase_seconds"])
+    assert {int(size) for size in r["batch_sweep"]} == set(SWEEP)  # JSON keys are strings
+    assert r["best_batch_size"] in SWEEP and {"start_workers", "process", "write"} <= set(r["phase_seconds"])
