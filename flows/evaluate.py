@@ -17,15 +17,15 @@ class EvaluationGateError(RuntimeError):
     """The index scores below the bar the caller set: do not promote it."""
 
 
-@task(name="score-queries", task_run_name="score {mode} on {dataset}", cache_policy=NO_CACHE)
-def score_queries(dataset: str, data_dir: str, split: str, mode: str, settings: Settings) -> dict[str, float]:
-    """Run every judged query against the collection and compute nDCG@10, MAP@10, Recall@100 and MRR@10."""
+@task(name="score-queries", task_run_name="score {dataset}", cache_policy=NO_CACHE)
+def score_queries(dataset: str, queries: dict[str, str], qrels: dict[str, dict[str, int]], modes: list[str],
+                  settings: Settings) -> dict[str, dict[str, float]]:
+    """Run every judged query in each mode and compute nDCG@10, MAP@10, Recall@100 and MRR@10."""
     from millrace.embed import Embedder
     from tasks.ingest import milvus_store  # the flow's own client: Milvus Lite admits one opener per file
 
-    ds = ev.load_beir(data_dir, split)
-    run = ev.retrieve(milvus_store(settings), Embedder(settings), ds.queries, mode)
-    return ev.score(ds.qrels, run)
+    runs = ev.retrieve(milvus_store(settings), Embedder(settings), queries, modes)
+    return {mode: ev.score(qrels, run) for mode, run in runs.items()}
 
 
 @flow(name="evaluate", flow_run_name="evaluate {data_dir} ({mode})")
@@ -40,7 +40,7 @@ def evaluate(data_dir: str, collection: str | None = None, mode: str = "dense", 
     from tasks.ingest import milvus_store
 
     modes = [m for m in ev.MODES if m == "dense" or milvus_store(settings).has_full_text()]
-    by_mode = {m: score_queries(ds.name, data_dir, split, m, settings) for m in modes}
+    by_mode = score_queries(ds.name, ds.queries, ds.qrels, modes, settings)
     result = {**by_mode[mode], "queries": len(ds.queries), "mode": mode, "split": split, "dataset": ds.name,
               "collection": settings.collection, "documents": summary["seen"], "chunks": summary["collection_count"],
               "by_mode": by_mode}

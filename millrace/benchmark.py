@@ -102,8 +102,7 @@ def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = Non
         summary = ingest(source=str(source), collection="bench", options=options)
         wall = time.perf_counter() - started
         store = milvus_store(run)
-        texts = [row["text"] for row in store._rows(None, ["text"])]
-        store.close()
+        texts = [row["text"] for row in store.rows(None, ["text"])]
         embedder = Embedder(run)
         rates = encode_sweep(embedder, texts, sizes, progress=progress)
         best = max(rates, key=rates.get)

@@ -76,26 +76,29 @@ def default_collection(name: str) -> str:
     return "beir_" + (re.sub(r"[^0-9a-zA-Z_]", "_", name).lower() or "dataset")
 
 
-def retrieve(store, embedder, queries: dict[str, str], mode: str, depth: int = DEPTH,
-             batch: int = 64) -> dict[str, dict[str, float]]:
-    """Each query's top `depth` documents (a document scores as its best chunk) keyed by corpus id."""
+def retrieve(store, embedder, queries: dict[str, str], modes: Iterable[str], depth: int = DEPTH,
+             batch: int = 64) -> dict[str, dict[str, dict[str, float]]]:
+    """Per mode, each query's top `depth` documents (a document scores as its best chunk) keyed by corpus id.
+
+    The queries are embedded once and reused by every mode that needs vectors."""
     from millrace.jsonl import record_id
 
-    run: dict[str, dict[str, float]] = {}
+    modes = list(modes)
+    runs: dict[str, dict[str, dict[str, float]]] = {m: {} for m in modes}
     qids = list(queries)
     for i in range(0, len(qids), batch):
         ids = qids[i:i + batch]
         texts = [queries[q] for q in ids]
-        vectors = embedder.encode(texts) if mode != "bm25" else [[0.0]] * len(texts)
-        # Strong: scoring right after an ingest must see every chunk it wrote (server searches default to Bounded).
-        found = store.search_many(vectors, texts, depth, mode=mode, group_by_doc=True, consistency="Strong")
-        for qid, hits in zip(ids, found):
-            docs: dict[str, float] = {}
-            for h in hits:
-                doc = record_id(h.source_uri) if "#" in h.source_uri else h.source_uri
-                docs.setdefault(doc, h.score)
-            run[qid] = docs
-    return run
+        vectors = embedder.encode(texts) if modes != ["bm25"] else [[0.0]] * len(texts)
+        for mode in modes:
+            # Strong: scoring right after an ingest must see every chunk it wrote (server searches default to Bounded).
+            found = store.search_many(vectors, texts, depth, mode=mode, group_by_doc=True, consistency="Strong")
+            for qid, hits in zip(ids, found):
+                docs: dict[str, float] = {}
+                for h in hits:
+                    docs.setdefault(record_id(h.source_uri) if "#" in h.source_uri else h.source_uri, h.score)
+                runs[mode][qid] = docs
+    return runs
 
 
 def score(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -195,7 +195,7 @@ class MilvusStore:
                              what=f"{op} into {self.collection}")
         return len(rows)
 
-    def _rows(self, doc_ids: Iterable[str] | None, fields: list[str]) -> Iterable[dict]:
+    def rows(self, doc_ids: Iterable[str] | None, fields: list[str]) -> Iterable[dict]:
         """Rows of the given documents (or all), paged: one query, not one per document."""
         doc_ids = sorted(set(doc_ids)) if doc_ids is not None else None
         if (doc_ids is not None and not doc_ids) or not self.exists():
@@ -211,14 +211,14 @@ class MilvusStore:
     def chunk_ids(self, doc_ids: Iterable[str] | None = None) -> dict[str, set[str]]:
         """Chunk ids per document, for the given documents or all."""
         found: dict[str, set[str]] = {}
-        for row in self._rows(doc_ids, ["chunk_id", "doc_id"]):
+        for row in self.rows(doc_ids, ["chunk_id", "doc_id"]):
             found.setdefault(row["doc_id"], set()).add(row["chunk_id"])
         return found
 
     def vectors_by_hash(self, doc_ids: Iterable[str]) -> dict[str, list[float]]:
         """Stored vectors of these documents keyed by chunk content hash, for embedding reuse."""
         return {row["content_hash"]: [float(v) for v in row["vector"]]
-                for row in self._rows(doc_ids, ["content_hash", "vector"])}
+                for row in self.rows(doc_ids, ["content_hash", "vector"])}
 
     def delete_ids(self, ids: Iterable[str], batch: int = 1000) -> int:
         ids = sorted(ids)

@@ -139,4 +139,4 @@ def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(s
 
 
 def _texts(store):
-    return [r["text"] for r in store._rows(None, ["text"])]
+    return [r["text"] for r in store.rows(None, ["text"])]
