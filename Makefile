@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m millrace.demo
+	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

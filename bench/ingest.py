@@ -20,7 +20,8 @@ def main() -> None:
     ap.add_argument("--name", default="", help="result file bench/results/ingest_<name>.json")
     args = ap.parse_args()
     from flows.api import ensure_prefect_api
-    from millrace.benchmark import bench_ingest, format_ingest
+    from flows.bench import bench_ingest
+    from millrace.benchmark import format_ingest
     from millrace.config import load_settings
 
     ensure_prefect_api()

@@ -26,17 +26,15 @@ def millrace_flow(source: Path, home: Path) -> dict:
 
 def naive_loop(source: Path, home: Path) -> dict:
     """Read, extract, split, embed and insert one document at a time; no batching across documents, no workers."""
-    from millrace.chunk import Chunker
+    from millrace import clients
     from millrace.config import load_settings
-    from millrace.embed import Embedder
     from millrace.pipeline import extract
-    from millrace.sources import open_source
-    from millrace.store import MilvusStore
 
     settings = load_settings(home=str(home), collection="peers")
     t = time.perf_counter()
-    src, chunker, embedder = open_source(str(source), settings), Chunker(settings), Embedder(settings)
-    store = MilvusStore(settings)
+    src = clients.source(str(source), settings)
+    chunker, embedder = clients.chunker(settings), clients.embedder(settings)
+    store = clients.milvus_store(settings)
     store.ensure_collection(embedder.dim)
     from tqdm import tqdm
 
@@ -52,7 +50,7 @@ def naive_loop(source: Path, home: Path) -> dict:
         store.upsert(parts)
         chunks, docs = chunks + len(parts), docs + 1
     seconds = time.perf_counter() - t
-    store.close()
+    clients.forget(settings)
     return {"seconds": seconds, "chunks": chunks, "docs": docs}
 
 
@@ -63,12 +61,12 @@ def llamaindex(source: Path, home: Path, workers: int | None) -> dict:
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
+    from millrace import clients
     from millrace.chunk import load_tokenizer
     from millrace.config import load_settings
     from millrace.embed import resolve_model_path
     from millrace.jsonl import JsonlSource, record_document
     from millrace.records import Chunk, sha256_text
-    from millrace.store import MilvusStore
 
     settings = load_settings(home=str(home), collection="peers")
     t = time.perf_counter()
@@ -84,7 +82,7 @@ def llamaindex(source: Path, home: Path, workers: int | None) -> dict:
         HuggingFaceEmbedding(model_name=resolve_model_path(settings), device="cpu",
                              embed_batch_size=settings.embed_batch_size or 8, normalize=True)])
     nodes = pipeline.run(documents=docs, num_workers=workers, show_progress=True)
-    store = MilvusStore(settings)
+    store = clients.milvus_store(settings)
     store.ensure_collection(len(nodes[0].embedding))
     rows = []
     for i, n in enumerate(nodes):
@@ -94,7 +92,7 @@ def llamaindex(source: Path, home: Path, workers: int | None) -> dict:
                           vector=n.embedding))
     store.upsert(rows)
     seconds = time.perf_counter() - t
-    store.close()
+    clients.forget(settings)
     return {"seconds": seconds, "chunks": len(nodes), "docs": len(docs)}
 
 

@@ -103,8 +103,8 @@ def wait_for_index(store, size: int, timeout: float) -> float:
 
 
 def run_engine(engine: str, sizes: list[int], n_queries: int, tmp: Path, index_timeout: float = 600) -> list[dict]:
+    from millrace import clients
     from millrace.config import load_settings
-    from millrace.store import MilvusStore
     from serving.retrieve import Retriever
 
     server = None
@@ -119,7 +119,7 @@ def run_engine(engine: str, sizes: list[int], n_queries: int, tmp: Path, index_t
     else:
         settings = load_settings(home=str(tmp / "home-lite"), collection="latency")
     try:
-        store = MilvusStore(settings)
+        store = clients.milvus_store(settings)
         store.ensure_collection(384)
         retriever = Retriever(settings, store)
         rng = np.random.default_rng(7)
@@ -136,7 +136,7 @@ def run_engine(engine: str, sizes: list[int], n_queries: int, tmp: Path, index_t
             print(f"{engine} {size:,}: raw p50 {r['raw']['p50_ms']} ms p99 {r['raw']['p99_ms']} ms; "
                   f"search (dense) p50 {r['search_dense']['p50_ms']} ms p99 {r['search_dense']['p99_ms']} ms",
                   flush=True)
-        store.close()
+        clients.forget(settings)
         return out
     finally:
         if server is not None:

@@ -1,7 +1,14 @@
-"""Prefect blocks, one per external system; `apply_blocks` fills settings that flags and env left unset."""
+"""Prefect blocks, one per external system; `load_settings` (flags, env, then blocks, then defaults) is how the
+Prefect side (flows, the `millrace` command) builds settings, and `apply_blocks` fills what flags and env left unset.
+
+The core's own millrace.config.load_settings stops at flags, env and defaults: millrace/ never imports Prefect."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+from millrace import config
 from millrace.config import Settings
 
 from blocks.embedder import EmbedderBlock
@@ -10,6 +17,18 @@ from blocks.s3 import S3SourceBlock
 from blocks.tika import TikaBlock
 
 ALL_BLOCKS = (MilvusBlock, EmbedderBlock, TikaBlock, S3SourceBlock)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings: `overrides` are flags (None or [] means unset) and win over MILLRACE_* env, which wins over the
+    blocks saved under MILLRACE_BLOCKS (or the `blocks` flag), which win over defaults."""
+    settings = config.load_settings(**overrides)
+    name = settings.blocks or os.environ.get("MILLRACE_BLOCKS", "")
+    if not name:
+        return settings
+    flags = {k for k, v in overrides.items() if v is not None and v != []}
+    explicit = flags | {k for k in Settings.model_fields if f"MILLRACE_{k.upper()}" in os.environ}
+    return apply_blocks(settings, name, explicit)
 
 
 def apply_blocks(settings: Settings, name: str, explicit: set[str]) -> Settings:

@@ -8,9 +8,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from blocks import load_settings
 from flows.ingest import ingest
+from millrace import clients
 from millrace import evaluate as ev
-from millrace.config import Settings, load_settings
+from millrace.config import Settings
 
 
 class EvaluationGateError(RuntimeError):
@@ -21,10 +23,7 @@ class EvaluationGateError(RuntimeError):
 def score_queries(dataset: str, queries: dict[str, str], qrels: dict[str, dict[str, int]], modes: list[str],
                   settings: Settings) -> dict[str, dict[str, float]]:
     """Run every judged query in each mode and compute nDCG@10, MAP@10, Recall@100 and MRR@10."""
-    from millrace.embed import Embedder
-    from tasks.ingest import milvus_store  # the flow's own client: Milvus Lite admits one opener per file
-
-    runs = ev.retrieve(milvus_store(settings), Embedder(settings), queries, modes)
+    runs = ev.retrieve(clients.milvus_store(settings), clients.embedder(settings), queries, modes)
     return {mode: ev.score(qrels, run) for mode, run in runs.items()}
 
 
@@ -37,9 +36,7 @@ def evaluate(data_dir: str, collection: str | None = None, mode: str = "dense", 
     ds = ev.load_beir(data_dir, split)
     settings = load_settings(**{**(options or {}), "collection": collection or ev.default_collection(ds.name)})
     summary = ingest(source=str(ds.corpus), collection=settings.collection, options=options)
-    from tasks.ingest import milvus_store
-
-    modes = [m for m in ev.MODES if m == "dense" or milvus_store(settings).has_full_text()]
+    modes = [m for m in ev.MODES if m == "dense" or clients.milvus_store(settings).has_full_text()]
     by_mode = score_queries(ds.name, ds.queries, ds.qrels, modes, settings)
     result = {**by_mode[mode], "queries": len(ds.queries), "mode": mode, "split": split, "dataset": ds.name,
               "collection": settings.collection, "documents": summary["seen"], "chunks": summary["collection_count"],

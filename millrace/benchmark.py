@@ -1,17 +1,18 @@
 """Ingestion efficiency: end-to-end ingest throughput against the encode-only limit, i.e. the same model encoding
-the same chunk texts at its best batch size, in the same process, measured in the same run."""
+the same chunk texts at its best batch size, in the same process, measured in the same run.
+
+The Prefect-free parts (corpus selection, encode-only timing, the report); the run itself, which calls the ingest
+flow, is flows.bench.bench_ingest."""
 
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from millrace.config import ConfigError, Settings
+from millrace.config import ConfigError
 
 SWEEP = (4, 8, 16, 32, 64, 128)
 
@@ -78,48 +79,6 @@ def encode_all(embedder, texts: list[str], batch_size: int, progress: bool = Fal
             embedder.encode(ordered[i:i + step], batch_size=batch_size)
             bar.update(len(ordered[i:i + step]))
     return time.perf_counter() - started
-
-
-def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = None, progress: bool = True,
-                 sizes=SWEEP) -> dict[str, Any]:
-    """Ingest the corpus into a fresh, throw-away home with the real flow, then encode its chunk texts directly."""
-    import torch
-
-    from flows.ingest import ingest
-    from millrace.embed import Embedder
-    from tasks.ingest import milvus_store
-
-    with tempfile.TemporaryDirectory(prefix="millrace-bench-") as tmp:
-        source = take(corpus, limit, Path(tmp))
-        run = settings.model_copy(update={"home": Path(tmp) / "home", "collection": "bench",
-                                          "ledger_url": "", "milvus_uri": ""})
-        options = {k: v for k, v in run.model_dump(mode="json", exclude_defaults=True).items()
-                   if k not in ("milvus_token", "s3_secret")}
-        options["home"] = str(run.home)
-        if progress:
-            print(f"ingesting {source} end to end ...", flush=True)
-        started = time.perf_counter()
-        summary = ingest(source=str(source), collection="bench", options=options)
-        wall = time.perf_counter() - started
-        store = milvus_store(run)
-        texts = [row["text"] for row in store.rows(None, ["text"])]
-        embedder = Embedder(run)
-        rates = encode_sweep(embedder, texts, sizes, progress=progress)
-        best = max(rates, key=rates.get)
-        encode_s = encode_all(embedder, texts, best, progress=progress)
-    chunks = summary["chunks_written"]
-    e2e = chunks / wall if wall else 0.0
-    limit_rate = len(texts) / encode_s if encode_s else 0.0
-    return {
-        "efficiency": round(e2e / limit_rate, 4) if limit_rate else 0.0,
-        "e2e_chunks_per_s": round(e2e, 2), "e2e_docs_per_s": round(summary["indexed"] / wall, 2),
-        "encode_only_chunks_per_s": round(limit_rate, 2), "chunks": chunks, "documents": summary["indexed"],
-        "failed": summary["failed"] + summary["quarantined"], "device": embedder.device,
-        "e2e_seconds": round(wall, 2), "encode_only_seconds": round(encode_s, 2), "best_batch_size": best,
-        "batch_sweep": rates, "stage_seconds": summary["stage_seconds"], "phase_seconds": summary["phase_seconds"],
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "corpus": str(corpus_source(corpus)),
-        "limit": limit,
-    }
 
 
 def format_ingest(r: dict[str, Any]) -> str:

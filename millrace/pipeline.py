@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote
 
-from millrace.chunk import Chunker
+from pydantic import BaseModel, Field
+
+from millrace import clients
 from millrace.config import Settings
-from millrace.embed import Embedder, model_id
-from millrace.extract import ExtractError, make_extractor
-from millrace.jsonl import RECORD_MEDIA_TYPE, record_document
+from millrace.embed import model_id
+from millrace.extract import ExtractError
+from millrace.jsonl import RECORD_MEDIA_TYPE, SUFFIXES, record_document
 from millrace.ledger import Ledger
 from millrace.quality import apply_gate
-from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
-from millrace.retry import with_retries
-from millrace.sources import open_source
+from millrace.records import TRANSIENT_REASONS, BatchResult, DocState, DocSummary, Failure, SourceObject
+from millrace.sources import relative_name, wanted
 from millrace.store import MilvusStore
 
 
@@ -27,35 +26,83 @@ def pipeline_version(settings: Settings) -> str:
     return f"{model_id(settings)}|chunk={settings.chunk_size}/{settings.chunk_overlap}|v1"
 
 
+class Scope(BaseModel):
+    """What a run listed, and so all it may delete: a source, its filters and, optionally, named objects."""
+
+    source: str  # canonical URI of the folder, file, record file or S3 prefix
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    objects: list[str] | None = None  # decoded paths relative to `source`; None: everything under it
+
+    @property
+    def full(self) -> bool:
+        return not self.include and not self.exclude and self.objects is None
+
+    def relative(self, uri: str) -> str | None:
+        if is_record_uri(self.source):
+            return unquote(uri.split("#", 1)[1]) if uri.startswith(self.source + "#") else None
+        return relative_name(self.source, uri)
+
+    def contains(self, uri: str) -> bool:
+        rel = self.relative(uri)
+        if rel is None:
+            return False
+        if is_record_uri(self.source):
+            return self.objects is None or rel in self.objects
+        return wanted(rel, self.include, self.exclude) and (self.objects is None or rel in self.objects)
+
+    def describe(self) -> str:
+        parts = [self.source]
+        parts += [f"include {p}" for p in self.include] + [f"exclude {p}" for p in self.exclude]
+        if self.objects is not None:
+            parts.append(f"{len(self.objects)} named object(s)")
+        return ", ".join(parts)
+
+
+def is_record_uri(uri: str) -> bool:
+    return uri.endswith(SUFFIXES)
+
+
 @dataclass
 class Plan:
     todo: list[SourceObject] = field(default_factory=list)
     skipped: list[SourceObject] = field(default_factory=list)
-    gone: list[dict] = field(default_factory=list)  # ledger rows whose source object disappeared
-    reusable: set[str] = field(default_factory=set)  # indexed with this model: their vectors can be reused
+    waiting: list[SourceObject] = field(default_factory=list)  # transient failures not yet due for a retry
+    gone: list[dict] = field(default_factory=list)  # in-scope ledger rows whose source object disappeared
+    reusable: set[str] = field(default_factory=set)  # hold chunks of this model: their vectors can be reused
 
     @property
     def seen(self) -> int:
-        return len(self.todo) + len(self.skipped)
+        return len(self.todo) + len(self.skipped) + len(self.waiting)
 
 
-def plan_run(objects: list[SourceObject], source_uri: str, ledger: Ledger, collection: str, version: str,
-             retry_failed: bool = False) -> Plan:
-    """Split a listing into work and skips by fingerprint, and find documents deleted at the source."""
-    known = {r["doc_id"]: r for r in ledger.rows(collection)}
+def plan_run(objects: list[SourceObject], scope: Scope | str, ledger: Ledger, collection: str, version: str,
+             retry_failed: bool = False, now: float | None = None) -> Plan:
+    """Split a listing into work and skips, and find the documents of the scope deleted at the source.
+
+    Unchanged indexed documents are skipped; failed ones too, except transient failures whose next attempt is
+    due, and every failure with `retry_failed`. Only rows inside `scope` can be gone."""
+    scope = Scope(source=scope) if isinstance(scope, str) else scope
+    now = time.time() if now is None else now
+    known = ledger.rows_for(collection, (o.doc_id for o in objects))
     plan = Plan()
+    model = version.split("|", 1)[0]
     for obj in objects:
         row = known.get(obj.doc_id)
-        unchanged = row is not None and row["fingerprint"] == obj.fingerprint and row["pipeline_version"] == version
-        settled = row is not None and (row["state"] == DocState.indexed.value or not retry_failed)
-        (plan.skipped if unchanged and settled and row["state"] != DocState.deleted.value else plan.todo).append(obj)
-    model = version.split("|", 1)[0]
-    plan.reusable = {o.doc_id for o in plan.todo if (row := known.get(o.doc_id)) is not None
-                     and row["state"] == DocState.indexed.value and row["pipeline_version"].split("|", 1)[0] == model}
+        if row is None or row["state"] == DocState.deleted.value or row["fingerprint"] != obj.fingerprint \
+                or row["pipeline_version"] != version or retry_failed and row["state"] != DocState.indexed.value:
+            plan.todo.append(obj)
+        elif row["state"] == DocState.indexed.value or row["reason"] not in TRANSIENT_REASONS:
+            plan.skipped.append(obj)
+        elif now >= row["next_attempt_at"]:
+            plan.todo.append(obj)
+        else:
+            plan.waiting.append(obj)
+    plan.reusable = {o.doc_id for o in plan.todo if (row := known.get(o.doc_id)) is not None and row["chunks"] > 0
+                     and row["pipeline_version"].split("|", 1)[0] == model}
     listed = {o.doc_id for o in objects}
-    prefix = source_uri.rstrip("/") + "/"
-    plan.gone = [r for r in known.values() if r["doc_id"] not in listed and r["state"] != DocState.deleted.value
-                 and (r["source_uri"].startswith((prefix, source_uri + "#")) or r["source_uri"] == source_uri)]
+    plan.gone = [{"doc_id": r["doc_id"], "source_uri": r["source_uri"]} for r in ledger.iter_rows(collection)
+                 if r["doc_id"] not in listed and r["state"] != DocState.deleted.value and scope.contains(r["source_uri"])]
     return plan
 
 
@@ -86,34 +133,36 @@ def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_byt
     return batches
 
 
-@lru_cache(maxsize=4)
-def _components(settings_json: str):
-    """Chunker and embedder for this process: built once, reused by every batch it runs."""
-    settings = Settings.model_validate_json(settings_json)
-    return Chunker(settings), Embedder(settings)
-
-
-@lru_cache(maxsize=4)
-def _extractor(settings_json: str):
-    # Separate and lazy: a record corpus never needs Tika, so its workers never start a JVM.
-    return make_extractor(Settings.model_validate_json(settings_json))
+def _injected_fault(obj: SourceObject, settings: Settings) -> None:
+    """Test-only: a file <fault_dir>/<doc_id> makes this document's next extraction fail with its reason, once."""
+    marker = Path(settings.fault_dir) / obj.doc_id
+    try:
+        reason = marker.read_text().strip() or "timeout"
+        marker.unlink()
+    except FileNotFoundError:  # none, or another worker took it
+        return
+    raise ExtractError(reason, "injected fault")
 
 
 def extract(obj: SourceObject, data: bytes, settings: Settings):
+    if settings.fault_dir:
+        _injected_fault(obj, settings)
     if obj.media_type == RECORD_MEDIA_TYPE:
         return record_document(obj, data)
-    return _extractor(_settings_key(settings)).extract(obj, data)
+    return clients.extractor(settings).extract(obj, data)
 
 
 def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings,
-                  reuse: dict[str, list[float]] | None = None) -> BatchResult:
-    """Read, extract, chunk, embed and quality-check a batch; per-document failures are returned, never raised.
+                  reuse: dict | None = None) -> BatchResult:
+    """Read, extract, chunk, check the text, embed and check the vectors of a batch; per-document failures are
+    returned, never raised.
 
-    `reuse` maps content hashes to vectors the index already holds for this model: those chunks skip the model."""
-    source = open_source(source_uri, settings)
-    chunker, embedder = _components(_settings_key(settings))
+    `reuse` maps content hashes to vectors the index already holds for this model: those chunks skip the model.
+    Text that fails the text expectations is quarantined before embedding, so it never costs a forward pass."""
+    source = clients.source(source_uri, settings)
+    chunker, embedder = clients.chunker(settings), clients.embedder(settings)
     result = BatchResult()
-    timings = {"read": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0}
+    timings = {"read": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0, "quality": 0.0}
     for obj in objects:
         fail = dict(doc_id=obj.doc_id, source_uri=obj.uri, fingerprint=obj.fingerprint)
         if obj.size > settings.max_doc_bytes:
@@ -122,11 +171,13 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
             continue
         t = time.perf_counter()
         try:
-            data = with_retries(lambda: source.read(obj), settings.retry_delays, what=f"read {obj.uri}")
-        except Exception as exc:
-            result.failures.append(Failure(**fail, stage="read", reason="unreadable", detail=str(exc)[:300]))
+            data = source.read(obj)  # S3 reads retry inside the source; a local read error is not worth a retry
+        except Exception as exc:  # gone since the listing, permissions, a dead mount: the next run tries again
+            result.failures.append(Failure(**fail, stage="read", reason="io", detail=f"{type(exc).__name__}: "
+                                                                                    f"{str(exc)[:300]}"))
             continue
-        timings["read"] += time.perf_counter() - t
+        finally:
+            timings["read"] += time.perf_counter() - t
         t = time.perf_counter()
         try:
             doc = extract(obj, data, settings)
@@ -144,6 +195,10 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
         result.chunks.extend(chunks)
         summary = DocSummary.model_validate(doc.model_dump(include=set(DocSummary.model_fields)))
         result.documents.append(summary.model_copy(update={"chunks": len(chunks)}))
+    max_chars = settings.chunk_size * 40
+    t = time.perf_counter()
+    quality = apply_gate(result, embedder.dim, max_chars, phase="text").expectations
+    timings["quality"] += time.perf_counter() - t
     t = time.perf_counter()
     reuse = reuse or {}
     todo = [c for c in result.chunks if c.content_hash not in reuse]
@@ -155,64 +210,39 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
     result.embedded, result.reused = len(todo), len(result.chunks) - len(todo)
     timings["embed"] += time.perf_counter() - t
     t = time.perf_counter()
-    result.quality = apply_gate(result, embedder.dim, max_chars=settings.chunk_size * 40).expectations
-    timings["quality"] = time.perf_counter() - t
+    quality += apply_gate(result, embedder.dim, max_chars, phase="vector").expectations
+    timings["quality"] += time.perf_counter() - t
+    result.quality = quality
     result.stage_seconds = timings
     return result
 
 
-def _settings_key(settings: Settings) -> str:
-    data = settings.model_dump(mode="json")
-    data["milvus_token"] = settings.milvus_token.get_secret_value()
-    data["s3_secret"] = settings.s3_secret.get_secret_value()
-    return json.dumps(data, sort_keys=True)
-
-
-def write_chunks(store: MilvusStore, result: BatchResult, existing: dict[str, set[str]] | None = None) -> int:
-    """Upsert a batch's chunks, then remove each document's chunks from older versions.
-
-    New rows land before old ones go, so a crash in between leaves the document searchable. `existing` (chunk ids
-    per document, read once for the whole run) saves a query per batch; without it they are looked up here."""
-    stored = None if existing is None else set().union(*existing.values())
-    written = store.upsert(result.chunks, stored=stored)
-    if os.environ.get("MILLRACE_FAULT_INJECT") == "kill-after-upsert":
-        # Fault injection for the crash-safety test: die between the write of the new version and the
-        # removal of the old one, the window that must never lose a document.
-        os.kill(os.getpid(), signal.SIGKILL)
-    # The index mirrors the ledger: a document that failed this time keeps no chunks.
-    keep: dict[str, set[str]] = {d.doc_id: set() for d in result.documents} | {f.doc_id: set() for f in result.failures}
-    for c in result.chunks:
-        keep[c.doc_id].add(c.chunk_id)
-    if existing is None:
-        store.delete_docs(keep)
-    else:
-        stale = set().union(*(existing.get(doc, set()) - ids for doc, ids in keep.items()))
-        store.delete_ids(stale)
-    return written
-
-
-def record_batch(ledger: Ledger, collection: str, result: BatchResult, version: str) -> None:
-    ledger.record_batch(collection, result.documents, result.failures, version)
-
-
-def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[dict]) -> int:
-    store.delete_docs({row["doc_id"]: set() for row in gone})
-    if gone:
-        ledger.record_deleted(collection, [row["doc_id"] for row in gone])
+def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[dict], run_id: str = "") -> int:
+    """Documents deleted at the source leave Milvus, then the ledger marks them deleted."""
+    for i in range(0, len(gone), 500):
+        page = gone[i:i + 500]
+        store.delete_docs({row["doc_id"]: set() for row in page})
+        ledger.record_deleted(collection, [row["doc_id"] for row in page], run_id)
     return len(gone)
 
 
-def reconcile(store: MilvusStore, ledger: Ledger, collection: str, touched: set[str]) -> dict:
-    """Ledger totals against Milvus count(*), for the collection and for each document this run touched."""
+def reconcile(store: MilvusStore, ledger: Ledger, collection: str, touched: set[str], page: int = 1000) -> dict:
+    """Ledger totals against Milvus count(*), for the collection and for each document this run touched.
+
+    Read in pages, so a run over a large corpus checks every touched document without holding all their ids."""
     milvus, expected = store.count(), ledger.chunk_total(collection)
-    in_milvus = store.chunk_ids(touched)
     mismatched = []
-    for row in ledger.rows(collection):
-        if row["doc_id"] in touched:
-            want = row["chunks"] if row["state"] == DocState.indexed.value else 0
-            have = len(in_milvus.get(row["doc_id"], ()))
+    ids = sorted(touched)
+    for i in range(0, len(ids), page):
+        part = ids[i:i + page]
+        rows = ledger.rows_for(collection, part)
+        in_milvus = store.chunk_ids(part)
+        for doc_id in part:
+            row = rows.get(doc_id)
+            want = row["chunks"] if row is not None and row["state"] != DocState.deleted.value else 0
+            have = len(in_milvus.get(doc_id, ()))
             if have != want:
-                mismatched.append({"doc_id": row["doc_id"], "source_uri": row["source_uri"], "milvus": have,
+                mismatched.append({"doc_id": doc_id, "source_uri": row["source_uri"] if row else "", "milvus": have,
                                    "ledger": want})
     return {"ok": milvus == expected and not mismatched, "milvus_count": milvus, "ledger_count": expected,
             "mismatched_docs": mismatched}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 from millrace.records import BatchResult, Chunk, Failure
 
 SUITE_PATH = Path(__file__).with_name("expectations") / "chunks.json"
-_lock = threading.Lock()
+_lock = threading.RLock()
 _gx: dict = {}
 
 
@@ -35,8 +34,21 @@ def _garbled_ratio(text: str) -> float:
     return bad / len(text)
 
 
-def chunk_frame(chunks: list[Chunk]):
-    """One row per chunk with the derived columns the suite checks."""
+PHASES = ("text", "vector")
+
+
+def _vector_columns(vector) -> tuple[int, bool, float | None]:
+    import numpy as np
+
+    if vector is None:
+        return 0, False, None
+    vec = np.asarray(vector, dtype=np.float64)
+    finite = bool(vec.size) and bool(np.isfinite(vec).all())
+    return int(vec.size), finite, float(np.sqrt(np.dot(vec, vec))) if finite else None
+
+
+def chunk_frame(chunks: list[Chunk], with_vectors: bool = True):
+    """One row per chunk with the derived columns the suite checks (the vector columns only after embedding)."""
     import pandas as pd
 
     # Text gates are per document: one odd chunk (a lone symbol, a table of glyphs) must not sink 76 pages.
@@ -53,13 +65,12 @@ def chunk_frame(chunks: list[Chunk]):
         garbled[c.doc_id] += _garbled_ratio(c.text) * len(c.text)
     rows = []
     for i, c in enumerate(chunks):
-        vec = c.vector or []
-        finite = bool(vec) and all(map(math.isfinite, vec))
-        rows.append({"row": i, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source_uri": c.source_uri,
-                     "text_chars": len(c.text.strip()), "vector_dim": len(vec), "vector_finite": finite,
-                     "vector_norm": math.sqrt(sum(v * v for v in vec)) if finite else None,
-                     "doc_garbled_ratio": garbled[c.doc_id] / max(chars[c.doc_id], 1),
-                     "doc_duplicate_ratio": dups[c.doc_id] / per_doc[c.doc_id]})
+        row = {"row": i, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source_uri": c.source_uri,
+               "text_chars": len(c.text.strip()), "doc_garbled_ratio": garbled[c.doc_id] / max(chars[c.doc_id], 1),
+               "doc_duplicate_ratio": dups[c.doc_id] / per_doc[c.doc_id]}
+        if with_vectors:
+            row["vector_dim"], row["vector_finite"], row["vector_norm"] = _vector_columns(c.vector)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -77,19 +88,25 @@ def _batch_definition():
         return _gx["bd"], _gx["suite"]
 
 
-def validate_chunks(chunks: list[Chunk], dim: int, max_chars: int) -> GateReport:
-    """Run the repository's suite over a batch of chunks; map failing rows back to their documents."""
+def validate_chunks(chunks: list[Chunk], dim: int, max_chars: int, phase: str | None = None) -> GateReport:
+    """Run the repository's suite (or one phase of it) over a batch of chunks; map failing rows to documents."""
     from great_expectations.core.expectation_suite import ExpectationSuite
 
     report = GateReport()
     if not chunks:
         return report
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"unknown quality phase {phase!r}: use one of {PHASES}")
     bd, suite_json = _batch_definition()
-    df = chunk_frame(chunks)
-    suite = ExpectationSuite(name=suite_json["name"], expectations=suite_json["expectations"])
-    result = bd.get_batch(batch_parameters={"dataframe": df}).validate(
-        suite, expectation_parameters={"dim": dim, "max_chars": max_chars},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]})
+    expectations = [e for e in suite_json["expectations"] if phase is None or e["meta"].get("phase") == phase]
+    df = chunk_frame(chunks, with_vectors=phase != "text")
+    suite = ExpectationSuite(name=f"{suite_json['name']}_{phase or 'all'}", expectations=expectations)
+    # One validation at a time per process: GX parses $PARAMETER values with a shared pyparsing grammar that is
+    # not thread-safe (two task threads at once fail with "push_first() missing ... 'toks'").
+    with _lock:
+        result = bd.get_batch(batch_parameters={"dataframe": df}).validate(
+            suite, expectation_parameters={"dim": dim, "max_chars": max_chars},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]})
     for r in result.results:
         reason = r.expectation_config.meta["reason"]
         failed_rows = [item["row"] for item in (r.result.get("unexpected_index_list") or [])]
@@ -103,9 +120,9 @@ def validate_chunks(chunks: list[Chunk], dim: int, max_chars: int) -> GateReport
     return report
 
 
-def apply_gate(result: BatchResult, dim: int, max_chars: int) -> GateReport:
+def apply_gate(result: BatchResult, dim: int, max_chars: int, phase: str | None = None) -> GateReport:
     """Move the documents with failing rows from the batch's output to its quarantined failures."""
-    report = validate_chunks(result.chunks, dim, max_chars)
+    report = validate_chunks(result.chunks, dim, max_chars, phase)
     if not report.quarantined:
         return report
     bad = report.quarantined

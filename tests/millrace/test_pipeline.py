@@ -61,3 +61,43 @@ def test_ledger_url_setting_points_the_ledger_anywhere(tmp_path):
     ledger = Ledger(s.resolved_ledger_url)
     ledger.record_indexed("c", DocSummary(doc_id="d", source_uri="u", fingerprint="f", content_hash="h", chunks=2), "v")
     assert Ledger(url).chunk_total("c") == 2 and (tmp_path / "elsewhere" / "ledger.db").is_file()
+
+
+def test_a_filtered_or_named_scope_never_reaches_documents_outside_it(tmp_path):
+    from millrace.pipeline import Scope
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
+    names = ["a.md", "b.txt", "sub/c.md", "sub/d.txt", "subway/e.md"]
+    for name in names:
+        o = obj(name)
+        ledger.record_indexed("c", DocSummary(doc_id=o.doc_id, source_uri=o.uri, fingerprint="1", content_hash="h",
+                                              chunks=1), "v1")
+    gone = lambda scope: sorted(r["source_uri"].removeprefix("file:///src/") for r in  # noqa: E731
+                                plan_run([], scope, ledger, "c", "v1").gone)
+    assert gone(Scope(source="file:///src")) == sorted(names)
+    assert gone(Scope(source="file:///src", include=["*.md"])) == ["a.md", "sub/c.md", "subway/e.md"]
+    assert gone(Scope(source="file:///src", exclude=["*.md"])) == ["b.txt", "sub/d.txt"]
+    assert gone(Scope(source="file:///src/sub")) == ["sub/c.md", "sub/d.txt"]  # not subway/
+    assert gone(Scope(source="file:///src", objects=["b.txt", "missing.pdf"])) == ["b.txt"]
+    assert gone(Scope(source="file:///src/sub/c.md")) == ["sub/c.md"]
+
+
+def test_transient_failures_are_retried_by_later_runs_with_backoff_and_permanent_ones_are_not(tmp_path):
+    from millrace.staging import backoff_s
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
+    t, p = obj("timeout.pdf"), obj("encrypted.pdf")
+    for o, reason in ((t, "timeout"), (p, "encrypted")):
+        ledger.record_failed("c", Failure(doc_id=o.doc_id, source_uri=o.uri, fingerprint="1", stage="extract",
+                                          reason=reason), "v1")
+    with ledger.engine.begin() as conn:
+        from millrace.ledger import documents
+
+        conn.execute(documents.update().where(documents.c.doc_id == t.doc_id).values(next_attempt_at=1000.0))
+    early = plan_run([t, p], "file:///src", ledger, "c", "v1", now=999.0)
+    assert (early.todo, early.waiting, early.skipped) == ([], [t], [p])
+    due = plan_run([t, p], "file:///src", ledger, "c", "v1", now=1000.0)
+    assert (due.todo, due.skipped) == ([t], [p])
+    assert plan_run([t, p], "file:///src", ledger, "c", "v1", retry_failed=True, now=0.0).todo == [t, p]
+    assert plan_run([t, obj("encrypted.pdf", fp="2")], "file:///src", ledger, "c", "v1", now=0.0).todo[0].uri == p.uri
+    assert [backoff_s(n, 300, 3600) for n in range(1, 7)] == [0, 300, 600, 1200, 2400, 3600]

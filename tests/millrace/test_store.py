@@ -1,6 +1,8 @@
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from millrace.config import ConfigError, Settings
@@ -111,4 +113,79 @@ def test_a_collection_without_the_bm25_field_refuses_hybrid_search(tmp_path):
     with pytest.raises(ConfigError, match="no BM25 field"):
         s.search([1.0] + [0.0] * 7, text="t", mode="hybrid")
     assert len(s.search([1.0] + [0.0] * 7, k=2)) == 2
+    s.close()
+
+
+def test_numpy_vectors_are_written_and_read_back_as_float32(store):
+    docs = chunks("a", 3)
+    for i, c in enumerate(docs):
+        c.content_hash = f"h{i}"
+        c.vector = np.asarray(c.vector, dtype=np.float32)
+    store.upsert(docs, stored=set())  # plain inserts
+    found = store.vectors_by_hash(["a"])
+    assert sorted(found) == ["h0", "h1", "h2"]
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (8,) for v in found.values())
+    assert np.array_equal(found["h1"], docs[1].vector)
+    matrix = np.eye(8, dtype=np.float32)[:2]  # what Embedder.encode returns: a 2-D float32 array
+    hits = store.search_many(matrix, ["", ""], k=1)
+    assert [h[0].chunk_index for h in hits] == [0, 1]
+
+
+def test_the_collection_records_its_model_and_refuses_another(store):
+    from millrace.embed import model_id
+
+    assert store.collection_model() == model_id(store.settings)
+    described = json.loads(store.client.describe_collection("c")["description"])
+    assert described == {"millrace": {"model": model_id(store.settings), "dim": 8}}
+    store.ensure_collection(8)  # the same model again: fine
+    with pytest.raises(ConfigError, match=r"holds vectors of model all-MiniLM-L6-v2@.*embeds with other@sha256:0123"
+                                          r".*never mixed.*--collection NAME"):
+        store.ensure_collection(8, model="other@sha256:0123456789abcdef")
+
+
+def test_a_collection_from_before_model_ids_is_accepted(tmp_path):
+    s = MilvusStore(Settings(home=tmp_path, collection="legacy", full_text="off"))
+    schema = s.client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("chunk_id", pymilvus_types().VARCHAR, is_primary=True, max_length=128)
+    schema.add_field("vector", pymilvus_types().FLOAT_VECTOR, dim=8)
+    s.client.create_collection("legacy", schema=schema)
+    assert s.collection_model() is None
+    s.ensure_collection(8, model="anything@sha256:0000000000000000")
+    s.close()
+
+
+def pymilvus_types():
+    from pymilvus import DataType
+
+    return DataType
+
+
+def test_long_encoded_names_fit_and_old_collections_clip_to_their_own_limit(tmp_path, monkeypatch):
+    long_uri = "file:///" + "/".join(["%C3%9Cbersicht%20Mai%20" * 8] * 22) + ".docx"  # ~4 KB, percent-encoded
+    assert 4000 < len(long_uri) < 8192
+    new = MilvusStore(Settings(home=tmp_path, collection="new"))
+    new.ensure_collection(8)
+    docs = chunks("a", 1)
+    docs[0].source_uri = long_uri
+    new.upsert(docs)
+    assert next(new.rows(["a"], ["source_uri"]))["source_uri"] == long_uri
+    monkeypatch.setattr("millrace.store._LIMITS", {"text": 65535, "source_uri": 2048, "title": 1024})
+    new.collection = "old"  # created the way a version with the 2048-byte limit created it
+    new.ensure_collection(8)
+    monkeypatch.undo()
+    new.upsert(docs)
+    assert next(new.rows(["a"], ["source_uri"]))["source_uri"] == long_uri[:2048]
+    new.close()
+
+
+@pytest.mark.slow
+def test_the_milvus_server_keeps_the_model_in_the_description(milvus_server):
+    from millrace.embed import model_id
+
+    s = MilvusStore(Settings(milvus_uri=milvus_server, collection="described", retry_delays=[0.5]))
+    s.ensure_collection(8)
+    assert s.collection_model() == model_id(s.settings)
+    with pytest.raises(ConfigError, match="holds vectors of model"):
+        s.ensure_collection(8, model="other@sha256:0123456789abcdef")
+    s.client.drop_collection("described")
     s.close()

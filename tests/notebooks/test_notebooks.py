@@ -26,7 +26,7 @@ def outputs(nb) -> str:
 def test_explore_collection_notebook_on_a_tiny_collection(sample_dir, settings, monkeypatch):
     monkeypatch.setenv("MILLRACE_COLLECTION", settings.collection)
     # In its own process: Milvus Lite admits one process per file, and the notebook's kernel must open it next.
-    done = subprocess.run([sys.executable, "-m", "millrace.cli", "ingest", str(sample_dir)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(sample_dir)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     monkeypatch.setenv("MILLRACE_NB_QUERIES", "paid leave for new employees")

@@ -1,8 +1,13 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from pydantic import SecretStr
 
-from millrace.cli import main
+from flows.cli import flow_options, main
+from millrace.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +96,45 @@ def test_bad_s3_credentials_are_one_line_and_not_retried(settings, capsys, monke
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_search_and_status_run_without_prefect(tmp_path):
+    """The Prefect-free commands of the `millrace` entry point never import Prefect (nor the flows, tasks, blocks)."""
+    code = f"""
+import contextlib, io, json, sys
+from flows.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert main(["status", "--json", "--home", {str(tmp_path / "home")!r}]) == 0
+assert json.loads(out.getvalue())["counts"] == {{}}
+assert main(["search", "anything", "--home", {str(tmp_path / "home")!r}]) == 2  # nothing ingested yet
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "prefect_dask", "tasks", "blocks")
+                or m in ("flows.ingest", "flows.evaluate", "flows.api", "flows.bench"))
+assert not loaded, loaded
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("MILLRACE_BLOCKS", "MILLRACE_HOME")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run `millrace ingest` first" in done.stderr
+
+
+def test_block_names_are_refused_by_the_core_cli(tmp_path, monkeypatch, capsys):
+    """millrace.cli cannot read Prefect blocks; it says so rather than silently using other settings."""
+    from millrace import cli
+
+    monkeypatch.setenv("MILLRACE_BLOCKS", "prod")
+    assert cli.main(["status", "--home", str(tmp_path)]) == 2
+    assert "read by the `millrace` command" in capsys.readouterr().err
+    monkeypatch.delenv("MILLRACE_BLOCKS")
+    assert cli.main(["ingest", str(tmp_path)]) == 2  # flow commands live in flows.cli
+    assert "runs a Prefect flow" in capsys.readouterr().err
+
+
+def test_flow_options_carry_no_secrets():
+    s = Settings(milvus_uri="http://milvus:19530", milvus_token=SecretStr("root:Milvus"), s3_key="AKIA",
+                 s3_secret=SecretStr("s3cr3t"), ledger_url="postgresql://millrace:hunter2@db/millrace", chunk_size=128)
+    options = flow_options(s)
+    assert options == {"milvus_uri": "http://milvus:19530", "s3_key": "AKIA", "chunk_size": 128}
+    dumped = json.dumps(options)
+    assert "root:Milvus" not in dumped and "s3cr3t" not in dumped and "hunter2" not in dumped and "***" not in dumped
+    assert "collection" not in flow_options(Settings(collection="c"), drop=("collection",))
+    assert flow_options(Settings(ledger_url="sqlite:////tmp/l.sqlite"))["ledger_url"] == "sqlite:////tmp/l.sqlite"

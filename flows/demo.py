@@ -6,8 +6,7 @@ import os
 import sys
 import time
 
-from millrace.cli import main as cli
-from millrace.config import load_settings
+from flows.cli import load_settings, main as cli
 from millrace.samples import write_samples
 
 QUERIES = ["How many days of paid leave do new employees get?",

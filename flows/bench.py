@@ -1,0 +1,56 @@
+"""`millrace bench ingest` and bench/ingest.py: the real ingest flow on a corpus, then encode-only on its chunk texts
+(the Prefect-free helpers are in millrace.benchmark)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from flows.cli import flow_options
+from millrace import clients
+from millrace.benchmark import SWEEP, corpus_source, encode_all, encode_sweep, take
+from millrace.config import Settings
+
+
+def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = None, progress: bool = True,
+                 sizes=SWEEP) -> dict[str, Any]:
+    """Ingest the corpus into a fresh, throw-away home with the real flow, then encode its chunk texts directly."""
+    import torch
+
+    from flows.ingest import ingest
+
+    with tempfile.TemporaryDirectory(prefix="millrace-bench-") as tmp:
+        source = take(corpus, limit, Path(tmp))
+        run = settings.model_copy(update={"home": Path(tmp) / "home", "collection": "bench",
+                                          "ledger_url": "", "milvus_uri": ""})
+        options = flow_options(run)
+        options["home"] = str(run.home)
+        if progress:
+            print(f"ingesting {source} end to end ...", flush=True)
+        started = time.perf_counter()
+        summary = ingest(source=str(source), collection="bench", options=options)
+        wall = time.perf_counter() - started
+        try:
+            texts = [row["text"] for row in clients.milvus_store(run).rows(None, ["text"])]
+        finally:
+            clients.forget(run)  # the Lite file goes with the temporary folder
+        embedder = clients.embedder(run)
+        rates = encode_sweep(embedder, texts, sizes, progress=progress)
+        best = max(rates, key=rates.get)
+        encode_s = encode_all(embedder, texts, best, progress=progress)
+    chunks = summary["chunks_written"]
+    e2e = chunks / wall if wall else 0.0
+    limit_rate = len(texts) / encode_s if encode_s else 0.0
+    return {
+        "efficiency": round(e2e / limit_rate, 4) if limit_rate else 0.0,
+        "e2e_chunks_per_s": round(e2e, 2), "e2e_docs_per_s": round(summary["indexed"] / wall, 2),
+        "encode_only_chunks_per_s": round(limit_rate, 2), "chunks": chunks, "documents": summary["indexed"],
+        "failed": summary["failed"] + summary["quarantined"], "device": embedder.device,
+        "e2e_seconds": round(wall, 2), "encode_only_seconds": round(encode_s, 2), "best_batch_size": best,
+        "batch_sweep": rates, "stage_seconds": summary["stage_seconds"], "phase_seconds": summary["phase_seconds"],
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "corpus": str(corpus_source(corpus)),
+        "limit": limit,
+    }

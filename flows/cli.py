@@ -1,0 +1,132 @@
+"""The `millrace` console command: millrace.cli's parser and Prefect-free commands, plus the commands that run
+Prefect flows (ingest, eval, bench ingest).
+
+Prefect is imported only by those commands, and by settings loading only when Prefect blocks are asked for
+(MILLRACE_BLOCKS / --blocks), so `millrace search` and `millrace status` start without it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from millrace import cli
+from millrace import config
+from millrace.config import Settings
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Flags, then MILLRACE_* env, then the Prefect blocks named by MILLRACE_BLOCKS / --blocks, then defaults."""
+    settings = config.load_settings(**flags)
+    if not settings.blocks:
+        return settings
+    from blocks import load_settings as with_blocks  # imports Prefect
+
+    return with_blocks(**flags)
+
+
+def flow_options(settings: Settings, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings a flow run gets as its `options` parameter: what differs from the defaults, without secrets.
+
+    Flow parameters are stored by the Prefect API and shown in its UI, so secret fields (and a ledger URL carrying a
+    password) stay out; the flow, in this process, reads them again from the environment or the blocks."""
+    options = settings.model_dump(mode="json", exclude_defaults=True)
+    for name, field in Settings.model_fields.items():
+        if field.annotation is SecretStr or name in drop:
+            options.pop(name, None)
+    if "ledger_url" in options and urlsplit(options["ledger_url"]).password:
+        options.pop("ledger_url")
+    return options
+
+
+def with_prefect(run):
+    """Run `run()` against one Prefect API, shared by the flow and the Dask workers it spawns."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.api import ensure_prefect_api
+
+    ensure_prefect_api()
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        return run()
+
+
+def cmd_ingest(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    settings = cli.settings_from(args, load)
+    options = flow_options(settings)
+
+    def run():
+        from flows.ingest import ingest
+
+        return ingest(source=args.source, collection=settings.collection, retry_failed=args.retry_failed,
+                      objects=args.objects, options=options)
+
+    summary = with_prefect(run)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        from millrace.status import describe_scope
+
+        print(f"scope: {describe_scope(summary['scope'])}")
+        print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "
+              f"{summary['waiting']} waiting to retry, {summary['failed']} failed, {summary['quarantined']} quarantined, {summary['deleted']} deleted; {summary['chunks_written']} chunks in "
+              f"{summary['seconds']:.1f}s ({summary['docs_per_s']:.2f} docs/s, {summary['chunks_per_s']:.1f} chunks/s)")
+        for f in summary["failures"]:
+            retry = "retried automatically" if f.get("transient") else "retried when changed"
+            print(f"  {'quarantined' if f['stage'] == 'quality' else 'failed'}  {f['source_uri']}  [{f['stage']}] "
+                  f"{f['reason']}: {f['detail'][:150]} ({retry})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    settings = cli.settings_from(args, load)
+    options = flow_options(settings, drop=("collection",))
+
+    def run():
+        from flows.evaluate import evaluate
+
+        return evaluate(data_dir=args.data_dir, collection=args.collection, mode=args.mode, split=args.split,
+                        options=options, min_ndcg=args.min_ndcg)
+
+    result = with_prefect(run)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} documents, "
+          f"{result['chunks']} chunks in {result['collection']}")
+    keys = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+    print(f"{'mode':<8}" + "".join(f"{k:>12}" for k in keys))
+    for mode, scores in result["by_mode"].items():
+        print(f"{mode:<8}" + "".join(f"{scores[k]:>12.4f}" for k in keys))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    from flows.bench import bench_ingest
+    from millrace.benchmark import format_ingest
+
+    settings = cli.settings_from(args, load, cli.BENCH_FLAGS)
+    result = with_prefect(lambda: bench_ingest(args.corpus, settings, limit=args.limit, progress=not args.json))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    print(json.dumps(result) if args.json else format_ingest(result))
+    return 0
+
+
+HANDLERS: dict[str, cli.Command] = {"ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, handlers=HANDLERS, load=load_settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The one factory for the clients every entry point shares (CLI, flows, evaluation, serving).
+
+Each client is built lazily, once per process and configuration, and reused: Milvus Lite admits a single opener per
+data file, a model or a JVM is expensive to load, and servers prefer reused channels. Cache keys hold only the
+settings a client depends on; a secret enters a key as a digest, never as its value."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import TYPE_CHECKING
+
+from millrace.config import Settings
+
+if TYPE_CHECKING:
+    from millrace.chunk import Chunker
+    from millrace.embed import Embedder
+    from millrace.extract import Extractor
+    from millrace.ledger import Ledger
+    from millrace.sources import Source
+    from millrace.store import MilvusStore
+
+_lock = threading.RLock()
+_cache: dict[tuple, object] = {}
+
+
+def _digest(secret) -> str:
+    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret or "")
+    return hashlib.sha256(value.encode()).hexdigest()[:16] if value else ""
+
+
+def _get(key: tuple, build):
+    with _lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def model_key(settings: Settings) -> tuple:
+    return (settings.model, settings.device, settings.embed_threads, settings.embed_batch_size)
+
+
+def milvus_store(settings: Settings, collection: str | None = None) -> "MilvusStore":
+    """The store for a collection; one client per Milvus URI, database and credentials in this process."""
+    from millrace.store import MilvusStore
+
+    name = collection or settings.collection
+    key = ("milvus", settings.resolved_milvus_uri, settings.milvus_db, _digest(settings.milvus_token),
+           settings.milvus_index, settings.milvus_metric, settings.full_text, name)
+    return _get(key, lambda: MilvusStore(settings, name))
+
+
+def ledger(settings: Settings) -> "Ledger":
+    from millrace.ledger import Ledger
+
+    return _get(("ledger", settings.resolved_ledger_url), lambda: Ledger(settings.resolved_ledger_url))
+
+
+def embedder(settings: Settings) -> "Embedder":
+    from millrace.embed import Embedder
+
+    return _get(("embedder", *model_key(settings)), lambda: Embedder(settings))
+
+
+def chunker(settings: Settings) -> "Chunker":
+    from millrace.chunk import Chunker
+
+    return _get(("chunker", settings.model, settings.chunk_size, settings.chunk_overlap), lambda: Chunker(settings))
+
+
+def extractor(settings: Settings) -> "Extractor":
+    from millrace.extract import make_extractor
+
+    key = ("extractor", settings.tika_endpoint, settings.tika_jar, settings.tika_heap, settings.parse_timeout_s,
+           settings.max_text_chars, str(settings.fault_dir))
+    return _get(key, lambda: make_extractor(settings))
+
+
+def source(uri: str, settings: Settings) -> "Source":
+    """A fresh Source (cheap; S3 sources build their filesystem lazily)."""
+    from millrace.sources import open_source
+
+    return open_source(uri, settings)
+
+
+def forget(settings: Settings | None = None) -> None:
+    """Drop cached clients (all, or those of one Milvus URI), closing Milvus connections; for tests and benchmarks."""
+    with _lock:
+        for key in list(_cache):
+            if settings is None or (key[0] == "milvus" and key[1] == settings.resolved_milvus_uri):
+                client = _cache.pop(key)
+                if key[0] == "milvus":
+                    try:
+                        client.close()
+                    except Exception:  # already closed or unreachable: nothing to release
+                        pass

@@ -1,0 +1,97 @@
+"""Connecting to Milvus: the pymilvus import, the index types each engine builds, one retried connect."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from millrace.config import ConfigError, Settings
+from millrace.retry import is_transient, with_retries
+
+LITE_INDEXES = {"FLAT", "IVF_FLAT", "AUTOINDEX"}  # milvus-lite 2.5 rejects or cannot build the rest
+GPU_INDEXES = {"GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE"}
+SERVER_INDEXES = {"FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "SCANN", "DISKANN", "AUTOINDEX"} | GPU_INDEXES
+
+_BUILD = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 128}, "IVF_SQ8": {"nlist": 128},
+          "IVF_PQ": {"nlist": 128, "m": 16}, "SCANN": {"nlist": 128}, "GPU_IVF_FLAT": {"nlist": 128},
+          "GPU_IVF_PQ": {"nlist": 128, "m": 16}, "GPU_CAGRA": {"intermediate_graph_degree": 64, "graph_degree": 32}}
+_SEARCH = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}, "IVF_PQ": {"nprobe": 16},
+           "SCANN": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16},
+           "GPU_CAGRA": {"itopk_size": 64}}
+
+# pymilvus 3.0.2 retries inside every call (decorators.retry_on_rpc_failure on each GrpcHandler method): any gRPC
+# error but DEADLINE_EXCEEDED, PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT, ALREADY_EXISTS,
+# RESOURCE_EXHAUSTED and UNIMPLEMENTED, plus rate-limit errors, up to 75 times with back-off growing to 3 s (minutes
+# on a dead server), or for `timeout` seconds when a call passes one. retry_times=0 makes its first failure final,
+# so with_retries is the one layer; no per-call timeout either, since a timeout switches it to retry until then.
+NO_CLIENT_RETRY = {"retry_times": 0}
+
+
+
+def choose_index(settings: Settings) -> str:
+    wanted = (settings.milvus_index or ("FLAT" if settings.milvus_is_lite else "HNSW")).upper()
+    if settings.milvus_is_lite:
+        if wanted not in LITE_INDEXES:
+            hint = " (GPU indexes need a GPU Milvus server)" if wanted in GPU_INDEXES else ""
+            raise ConfigError(f"index type {wanted} cannot be built by Milvus Lite{hint}; "
+                              f"use one of {sorted(LITE_INDEXES)} or point MILLRACE_MILVUS_URI at a server")
+    elif wanted not in SERVER_INDEXES:
+        raise ConfigError(f"unknown Milvus index type {wanted}; known: {sorted(SERVER_INDEXES)}")
+    return wanted
+
+
+_import_lock = threading.Lock()
+_imported: list = []
+
+
+def pymilvus():
+    """Import pymilvus without letting it reconfigure logging.
+
+    On import it calls logging.config.dictConfig, which shuts down every handler already installed: inside a
+    Prefect flow that blocks ~5 s flushing the API log handler and leaves Prefect's handlers closed."""
+    import logging.config
+
+    # Under the lock: a second task thread must not pick up the half-initialised module from sys.modules.
+    with _import_lock:
+        if not _imported:
+            real = logging.config.dictConfig
+            logging.config.dictConfig = lambda config: None
+            try:
+                import pymilvus as module
+            finally:
+                logging.config.dictConfig = real
+            # Every query_iterator on Lite warns that it uses a client-side timestamp, which is expected there.
+            logging.getLogger("pymilvus").setLevel(logging.ERROR)
+            _imported.append(module)
+        return _imported[0]
+
+
+def connect(settings: Settings):
+    """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
+    MilvusClient = pymilvus().MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    uri = settings.resolved_milvus_uri
+    if settings.milvus_is_lite:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Never retried: milvus-lite 2.5.1 checks its lock only on a first open, and a second attempt in the
+            # same process opens the data although another process holds it (seen here), which would let two
+            # processes write one file.
+            return MilvusClient(uri=uri)
+        except MilvusException as exc:
+            raise ConfigError(
+                f"cannot open Milvus Lite data {uri}: {exc.message}. Milvus Lite lets one process open its data; "
+                "if another millrace process (a running ingest, a search) has it open, wait for it, or run a "
+                "Milvus server (`make server`) and set MILLRACE_MILVUS_URI=http://127.0.0.1:19530") from exc
+
+    def attempt():
+        return MilvusClient(uri=uri, token=settings.milvus_token.get_secret_value(),
+                            db_name=settings.milvus_db, timeout=5)
+
+    try:
+        return with_retries(attempt, settings.retry_delays, what=f"connect to Milvus at {uri}")
+    except Exception as exc:
+        tries = f"after {len(settings.retry_delays) + 1} tries " if is_transient(exc) else ""
+        raise ConfigError(f"cannot reach Milvus at {uri} {tries}({exc}). Check that the server is up (`make server` "
+                          "runs one locally) and MILLRACE_MILVUS_URI / MILLRACE_MILVUS_TOKEN are right") from exc
