@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --corpus $(DOCS) --name docs
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
+	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
 	$(BIN)/millrace eval beir $(SCIFACT) --out bench/results/eval_scifact.json
 	$(BIN)/python bench/plots.py

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -22,19 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("river weir sluice tide gauge keeper station mill lock quay salmon ladder flood bank reed heron "
-         "turbine valve survey culvert meadow barge towpath dredger silt channel").split()
-
-
-def write_records(path: Path, n: int) -> Path:
-    rng = random.Random(n)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS) for _ in range(12))
-            fh.write(json.dumps({"_id": f"r{i}", "title": f"Record {i}", "text": text}) + "\n")
-    return path
-
-
 WRAPPER = ("import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
            "sys.stderr.write(p.stderr[-2000:]); print(json.dumps({'rc': p.returncode, 'out': p.stdout, "
            "'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
@@ -64,8 +50,11 @@ def main() -> None:
     args = parser.parse_args()
     from distributed import LocalCluster
 
+    from millrace.samples import write_records
+
     from flows.api import ensure_prefect_api
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here: its heartbeat only fails
     ensure_prefect_api()
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None)
     env = {**os.environ, "MILLRACE_DASK_ADDRESS": cluster.scheduler_address, "HF_HUB_OFFLINE": "1"}

@@ -164,18 +164,22 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(documents.c.source_uri))]
 
-    def iter_rows(self, collection: str, page: int = 2000) -> Iterator[dict]:
-        """Every row of a collection, read in pages by key so memory stays flat however large the ledger."""
+    def pages(self, table, *where, size: int = 2000) -> Iterator[list[dict]]:
+        """Rows of `table` matching `where`, in pages by doc_id (keyset paging): memory stays flat however large."""
         after = ""
         while True:
-            q = (select(documents).where(documents.c.collection == collection, documents.c.doc_id > after)
-                 .order_by(documents.c.doc_id).limit(page))
+            q = select(table).where(*where, table.c.doc_id > after).order_by(table.c.doc_id).limit(size)
             with self.engine.connect() as conn:
-                batch = [dict(r._mapping) for r in conn.execute(q)]
-            yield from batch
-            if len(batch) < page:
+                page = [dict(r._mapping) for r in conn.execute(q)]
+            if page:
+                yield page
+            if len(page) < size:
                 return
-            after = batch[-1]["doc_id"]
+            after = page[-1]["doc_id"]
+
+    def iter_rows(self, collection: str) -> Iterator[dict]:
+        for page in self.pages(documents, documents.c.collection == collection):
+            yield from page
 
     def rows_for(self, collection: str, doc_ids: Iterable[str]) -> dict[str, dict]:
         ids, found = sorted(set(doc_ids)), {}

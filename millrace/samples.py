@@ -137,3 +137,20 @@ def write_samples(dest: Path) -> list[Path]:
     (dest / "truncated-invoice.pdf").write_bytes(pdf_bytes([["x"]], "broken")[:120])
     (dest / "empty-notes.txt").write_bytes(b"")
     return sorted(dest.iterdir())
+
+
+RECORD_WORDS = ("river weir sluice tide gauge keeper station mill lock quay salmon ladder flood bank reed heron "
+                "turbine valve survey culvert meadow barge towpath dredger silt channel").split()
+
+
+def write_records(path: Path, n: int, words: int = 12) -> Path:
+    """A JSONL record corpus of `n` short synthetic records (deterministic for a given n), for scale tests."""
+    import json
+    import random
+
+    rng = random.Random(n)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            text = " ".join(rng.choice(RECORD_WORDS) for _ in range(words))
+            fh.write(json.dumps({"_id": f"r{i}", "title": f"Record {i}", "text": text}) + "\n")
+    return path

@@ -78,18 +78,8 @@ def stage_batch(store: MilvusStore, ledger: Ledger, collection: str, run_id: str
     return written
 
 
-def _pages(ledger: Ledger, run_id: str, size: int = 500) -> Iterator[list[dict]]:
-    after = ""
-    while True:
-        q = (select(pending).where(pending.c.run_id == run_id, pending.c.doc_id > after)
-             .order_by(pending.c.doc_id).limit(size))
-        with ledger.engine.connect() as conn:
-            page = [dict(r._mapping) for r in conn.execute(q)]
-        if page:
-            yield page
-        if len(page) < size:
-            return
-        after = page[-1]["doc_id"]
+def _pages(ledger: Ledger, run_id: str) -> Iterator[list[dict]]:
+    return ledger.pages(pending, pending.c.run_id == run_id, size=500)
 
 
 def commit(store: MilvusStore, ledger: Ledger, run_id: str) -> int:

@@ -2,32 +2,21 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from millrace.samples import write_records
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-WORDS = ("river weir sluice tide gauge keeper station mill lock quay salmon ladder flood bank reed heron "
-         "turbine valve survey culvert meadow barge towpath dredger silt channel").split()
-
-
-def records(path: Path, n: int) -> Path:
-    rng = random.Random(n)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS) for _ in range(12))
-            fh.write(json.dumps({"_id": f"r{i}", "title": f"Record {i}", "text": text}) + "\n")
-    return path
 
 
 def peak_rss(tmp_path, n, dask_cluster, prefect_api) -> dict:
     env = {**os.environ, "MILLRACE_HOME": str(tmp_path / f"home{n}"),
            "MILLRACE_DASK_ADDRESS": dask_cluster.scheduler_address, "PREFECT_API_URL": prefect_api}
-    corpus = records(tmp_path / f"corpus{n}.jsonl", n)
+    corpus = write_records(tmp_path / f"corpus{n}.jsonl", n)
     done = subprocess.run([str(Path(sys.executable).parent / "millrace"), "ingest", str(corpus), "--json"], env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
