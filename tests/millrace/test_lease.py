@@ -34,10 +34,10 @@ def test_a_second_run_waits_saying_for_whom_then_gets_the_lease(ledger):
 
 
 def test_a_lease_is_renewed_while_its_run_lives(ledger):
-    with Lease(ledger, "c", "run-1", "x", ttl_s=0.6):
-        time.sleep(1.5)  # more than two TTLs: only renewals keep it
+    with Lease(ledger, "c", "run-1", "x", ttl_s=3):
+        time.sleep(7)  # more than two TTLs: only renewals (every second) keep it
         with pytest.raises(LeaseTimeoutError):
-            Lease(ledger, "c", "run-2", "x", ttl_s=0.6, wait_s=0.2).acquire()
+            Lease(ledger, "c", "run-2", "x", ttl_s=3, wait_s=0.2).acquire()
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(ledger):
