@@ -20,6 +20,7 @@ from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import dask_task_runner
 from millrace import clients, pipeline, staging
+from millrace import plan as planning
 from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.lease import Lease
@@ -46,7 +47,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
     started = time.perf_counter()
     run_id = str(flow_run.get_id() or uuid.uuid4())
     ledger, collection = clients.ledger(settings), settings.collection
-    scope = pipeline.Scope(source=canonical_source_uri(source), include=settings.include, exclude=settings.exclude,
+    scope = planning.Scope(source=canonical_source_uri(source), include=settings.include, exclude=settings.exclude,
                            objects=None if objects is None else sorted({o.strip("/") for o in objects}))
     lease = Lease(ledger, collection, run_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
                   settings.lease_wait_s, on_wait=log.warning)
@@ -57,13 +58,11 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         phases: dict[str, float] = {"wait_for_lease": lease.waited_s}
         t = time.perf_counter()
         version = pipeline.pipeline_version(settings)
-        listing = list_source(source, settings)  # called, not submitted: listing runs here, no cluster needed
-        if scope.objects is not None:
-            listing = [o for o in listing if scope.contains(o.uri)]
-        plan = pipeline.plan_run(listing, scope, ledger, collection, version, retry_failed)
-        del listing
-        log.info("%d documents in %s: %d to process, %d unchanged, %d waiting to retry, %d gone", plan.seen,
-                 scope.describe(), len(plan.todo), len(plan.skipped), len(plan.waiting), len(plan.gone))
+        # Listed into the ledger and classified there, page by page: memory does not grow with the source.
+        list_source(source, settings, run_id, scope)  # called, not submitted: listing runs here, no cluster needed
+        plan = planning.classify(ledger, collection, run_id, version, retry_failed)
+        log.info("%d documents in %s: %d to process, %d unchanged, %d waiting to retry", plan.seen,
+                 scope.describe(), plan.todo, plan.skipped, plan.waiting)
         phases["plan"] = time.perf_counter() - t
         stats = RunStats()
         try:
@@ -77,15 +76,17 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
             if not lease.lost.is_set():
                 rollback_run(run_id, settings)
                 ledger.set_run_state(run_id, "failed")
+            planning.forget_listing(ledger, run_id)
             raise
         finally:
             create_markdown_artifact(key="quality-gates", markdown=quality_report(stats),
                                      description="Great Expectations results of this run's batches")
-        deleted = pipeline.remove_gone(store, ledger, collection, plan.gone, run_id)
-        touched = {o.doc_id for o in plan.todo} | {r["doc_id"] for r in plan.gone}
-        check = pipeline.reconcile(store, ledger, collection, touched)
+        for gone in planning.gone_pages(ledger, collection, run_id, scope):
+            plan.gone += pipeline.remove_gone(store, ledger, collection, gone, run_id)
+        planning.forget_listing(ledger, run_id)
+        check = pipeline.reconcile(store, ledger, collection, run_id)
         phases["commit"] = time.perf_counter() - t
-        summary = stats.summary(source, collection, plan, deleted, time.perf_counter() - started, check)
+        summary = stats.summary(source, collection, plan, time.perf_counter() - started, check)
         summary.update(scope=scope.model_dump(), run_id=run_id, recovered=recovered,
                        phase_seconds={k: round(v, 3) for k, v in phases.items()}, peak_rss_mb=peak_rss_mb())
         ledger.record_run(collection, source, check, {k: v for k, v in summary.items() if k != "failures"}, run_id,
@@ -99,35 +100,34 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
     return summary
 
 
-def _process(source: str, plan: pipeline.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
+def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
              stats: RunStats, phases: dict[str, float]) -> None:
     """Fan batches out to Dask and stage each one as it finishes, a bounded number in flight.
 
     Only `window` batch results exist at once (in the workers or here), so memory does not grow with the run.
-    The quarantine limit is exact while streaming: the run's document count is known, and a run whose
-    quarantined documents pass limit x count stops and rolls back at once."""
+    The quarantine limit is exact while streaming: the run's document count is known from the classified listing,
+    and a run whose quarantined documents pass limit x count stops and rolls back at once."""
     log = get_run_logger()
-    store = clients.milvus_store(settings)
+    store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
     with dask_task_runner(settings) as runner:
         store.ensure_collection(runner.submit(embedding_dim, {"settings": settings}).result(), model_id(settings))
         slots = sum(runner.client.nthreads().values()) or 1
         phases["start_workers"] = time.perf_counter() - t
         t = time.perf_counter()
-        batches = pipeline.make_batches(plan.todo, pipeline.batch_size_for(len(plan.todo), settings.docs_per_batch,
-                                                                           slots))
-        total, allowed = len(batches), settings.max_quarantined_fraction * len(plan.todo)
-        queue = deque(enumerate(batches, start=1))
-        del batches
+        per_batch = pipeline.batch_size_for(plan.todo, settings.docs_per_batch, slots)
+        total, allowed = -(-plan.todo // per_batch), settings.max_quarantined_fraction * plan.todo
+        batches = enumerate((b for page in planning.todo_pages(ledger, settings.collection, plan)
+                             for b in pipeline.make_batches(page, per_batch)), start=1)
         in_flight: deque = deque()
 
         def submit_next() -> None:
-            if queue:
-                i, batch = queue.popleft()
+            if (nxt := next(batches, None)) is not None:
+                i, batch = nxt
                 reuse = store.vectors_by_hash([o.doc_id for o in batch if o.doc_id in plan.reusable])
                 in_flight.append((i, runner.submit(process_batch, {
-                    "batch_no": i, "batches": total, "objects": batch, "source": source, "settings": settings,
-                    "reuse": reuse})))
+                    "batch_no": i, "batches": max(i, total), "objects": batch, "source": source,
+                    "settings": settings, "reuse": reuse})))
 
         for _ in range(max(2, 2 * slots)):
             submit_next()
@@ -139,11 +139,11 @@ def _process(source: str, plan: pipeline.Plan, settings: Settings, run_id: str, 
             stats.add(result)
             if stats.quarantined > allowed:
                 raise QualityGateError(
-                    f"{stats.quarantined} of {len(plan.todo)} documents failed the quality gates (limit "
+                    f"{stats.quarantined} of {plan.todo} documents failed the quality gates (limit "
                     f"{settings.max_quarantined_fraction:.0%}); the run stopped and rolled back, nothing was "
                     "changed. See the quality-gates artifact")
             lease.check()
-            stats.chunks_written += write_batch(i, total, quote(result), settings, run_id, version)
+            stats.chunks_written += write_batch(i, max(i, total), quote(result), settings, run_id, version)
             del result
             log.info("batch %d/%d staged: %d documents indexed, %d failed, %d quarantined so far", i, total,
                      stats.indexed, stats.failed, stats.quarantined)

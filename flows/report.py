@@ -36,13 +36,13 @@ class RunStats:
             t[0] += 1 - int(e["success"])
             t[1] += e["failed_rows"]
 
-    def summary(self, source: str, collection: str, plan, deleted: int, seconds: float, check: dict) -> dict[str, Any]:
+    def summary(self, source: str, collection: str, plan, seconds: float, check: dict) -> dict[str, Any]:
         return {
-            "source": source, "collection": collection, "seen": plan.seen, "processed": len(plan.todo),
-            "skipped": len(plan.skipped), "waiting": len(plan.waiting), "deleted": deleted, "indexed": self.indexed,
+            "source": source, "collection": collection, "seen": plan.seen, "processed": plan.todo,
+            "skipped": plan.skipped, "waiting": plan.waiting, "deleted": plan.gone, "indexed": self.indexed,
             "failed": self.failed, "quarantined": self.quarantined, "chunks_written": self.chunks_written,
             "chunks_embedded": self.embedded, "chunks_reused": self.reused, "seconds": round(seconds, 3),
-            "docs_per_s": round(len(plan.todo) / seconds, 3) if seconds else 0.0,
+            "docs_per_s": round(plan.todo / seconds, 3) if seconds else 0.0,
             "chunks_per_s": round(self.chunks_written / seconds, 3) if seconds else 0.0,
             "stage_seconds": dict(self.stage_seconds), "collection_count": check["milvus_count"],
             "ledger_chunks": check["ledger_count"], "reconciled": check["ok"], "failures": self.failures,

@@ -77,6 +77,18 @@ pending = Table(
 )
 
 
+listing = Table(
+    "listing", meta,  # what a running run listed, and what it will do with each document (millrace.plan)
+    Column("run_id", String(64), primary_key=True),
+    Column("doc_id", String(64), primary_key=True),
+    Column("uri", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("fingerprint", String(255), nullable=False),
+    Column("media_type", String(255), nullable=False, default=""),
+    Column("action", String(8), nullable=False, default=""),  # todo | skip | wait
+)
+
+
 def _migrate(engine) -> None:
     """Add the columns newer code expects to tables an older ledger created (nullable ALTERs are portable)."""
     inspector = inspect(engine)

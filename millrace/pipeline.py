@@ -3,107 +3,23 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
-
-from pydantic import BaseModel, Field
 
 from millrace import clients
 from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.extract import ExtractError
-from millrace.jsonl import RECORD_MEDIA_TYPE, SUFFIXES, record_document
+from millrace.jsonl import RECORD_MEDIA_TYPE, record_document
 from millrace.ledger import Ledger
 from millrace.quality import apply_gate
-from millrace.records import TRANSIENT_REASONS, BatchResult, DocState, DocSummary, Failure, SourceObject
-from millrace.sources import relative_name, wanted
+from millrace.plan import Plan, Scope, plan_run  # noqa: F401  (the planning API, re-exported)
+from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
 from millrace.store import MilvusStore
 
 
 def pipeline_version(settings: Settings) -> str:
     """Everything that changes chunk ids or vectors; a change re-processes the documents it affects."""
     return f"{model_id(settings)}|chunk={settings.chunk_size}/{settings.chunk_overlap}|v1"
-
-
-class Scope(BaseModel):
-    """What a run listed, and so all it may delete: a source, its filters and, optionally, named objects."""
-
-    source: str  # canonical URI of the folder, file, record file or S3 prefix
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    objects: list[str] | None = None  # decoded paths relative to `source`; None: everything under it
-
-    @property
-    def full(self) -> bool:
-        return not self.include and not self.exclude and self.objects is None
-
-    def relative(self, uri: str) -> str | None:
-        if is_record_uri(self.source):
-            return unquote(uri.split("#", 1)[1]) if uri.startswith(self.source + "#") else None
-        return relative_name(self.source, uri)
-
-    def contains(self, uri: str) -> bool:
-        rel = self.relative(uri)
-        if rel is None:
-            return False
-        if is_record_uri(self.source):
-            return self.objects is None or rel in self.objects
-        return wanted(rel, self.include, self.exclude) and (self.objects is None or rel in self.objects)
-
-    def describe(self) -> str:
-        parts = [self.source]
-        parts += [f"include {p}" for p in self.include] + [f"exclude {p}" for p in self.exclude]
-        if self.objects is not None:
-            parts.append(f"{len(self.objects)} named object(s)")
-        return ", ".join(parts)
-
-
-def is_record_uri(uri: str) -> bool:
-    return uri.endswith(SUFFIXES)
-
-
-@dataclass
-class Plan:
-    todo: list[SourceObject] = field(default_factory=list)
-    skipped: list[SourceObject] = field(default_factory=list)
-    waiting: list[SourceObject] = field(default_factory=list)  # transient failures not yet due for a retry
-    gone: list[dict] = field(default_factory=list)  # in-scope ledger rows whose source object disappeared
-    reusable: set[str] = field(default_factory=set)  # hold chunks of this model: their vectors can be reused
-
-    @property
-    def seen(self) -> int:
-        return len(self.todo) + len(self.skipped) + len(self.waiting)
-
-
-def plan_run(objects: list[SourceObject], scope: Scope | str, ledger: Ledger, collection: str, version: str,
-             retry_failed: bool = False, now: float | None = None) -> Plan:
-    """Split a listing into work and skips, and find the documents of the scope deleted at the source.
-
-    Unchanged indexed documents are skipped; failed ones too, except transient failures whose next attempt is
-    due, and every failure with `retry_failed`. Only rows inside `scope` can be gone."""
-    scope = Scope(source=scope) if isinstance(scope, str) else scope
-    now = time.time() if now is None else now
-    known = ledger.rows_for(collection, (o.doc_id for o in objects))
-    plan = Plan()
-    model = version.split("|", 1)[0]
-    for obj in objects:
-        row = known.get(obj.doc_id)
-        if row is None or row["state"] == DocState.deleted.value or row["fingerprint"] != obj.fingerprint \
-                or row["pipeline_version"] != version or retry_failed and row["state"] != DocState.indexed.value:
-            plan.todo.append(obj)
-        elif row["state"] == DocState.indexed.value or row["reason"] not in TRANSIENT_REASONS:
-            plan.skipped.append(obj)
-        elif now >= row["next_attempt_at"]:
-            plan.todo.append(obj)
-        else:
-            plan.waiting.append(obj)
-    plan.reusable = {o.doc_id for o in plan.todo if (row := known.get(o.doc_id)) is not None and row["chunks"] > 0
-                     and row["pipeline_version"].split("|", 1)[0] == model}
-    listed = {o.doc_id for o in objects}
-    plan.gone = [{"doc_id": r["doc_id"], "source_uri": r["source_uri"]} for r in ledger.iter_rows(collection)
-                 if r["doc_id"] not in listed and r["state"] != DocState.deleted.value and scope.contains(r["source_uri"])]
-    return plan
 
 
 def batch_size_for(n_docs: int, docs_per_batch: int, parallel: int, most: int = 256) -> int:
@@ -226,23 +142,21 @@ def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[
     return len(gone)
 
 
-def reconcile(store: MilvusStore, ledger: Ledger, collection: str, touched: set[str], page: int = 1000) -> dict:
-    """Ledger totals against Milvus count(*), for the collection and for each document this run touched.
+def reconcile(store: MilvusStore, ledger: Ledger, collection: str, run_id: str) -> dict:
+    """Ledger totals against Milvus count(*), for the collection and for each document this run touched (the
+    ledger rows it last changed), read a page at a time."""
+    from millrace.ledger import documents
 
-    Read in pages, so a run over a large corpus checks every touched document without holding all their ids."""
     milvus, expected = store.count(), ledger.chunk_total(collection)
     mismatched = []
-    ids = sorted(touched)
-    for i in range(0, len(ids), page):
-        part = ids[i:i + page]
-        rows = ledger.rows_for(collection, part)
-        in_milvus = store.chunk_ids(part)
-        for doc_id in part:
-            row = rows.get(doc_id)
-            want = row["chunks"] if row is not None and row["state"] != DocState.deleted.value else 0
-            have = len(in_milvus.get(doc_id, ()))
+    for rows in ledger.pages(documents, documents.c.collection == collection, documents.c.run_id == run_id,
+                             size=1000):
+        in_milvus = store.chunk_ids([r["doc_id"] for r in rows])
+        for row in rows:
+            want = row["chunks"] if row["state"] != DocState.deleted.value else 0
+            have = len(in_milvus.get(row["doc_id"], ()))
             if have != want:
-                mismatched.append({"doc_id": doc_id, "source_uri": row["source_uri"] if row else "", "milvus": have,
+                mismatched.append({"doc_id": row["doc_id"], "source_uri": row["source_uri"], "milvus": have,
                                    "ledger": want})
     return {"ok": milvus == expected and not mismatched, "milvus_count": milvus, "ledger_count": expected,
             "mismatched_docs": mismatched}

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from sqlalchemy import delete, select
 
-from millrace.ledger import Ledger, pending, runs
+from millrace.ledger import Ledger, listing, pending, runs
 from millrace.records import TRANSIENT_REASONS, BatchResult
 from millrace.store import MilvusStore
 
@@ -114,10 +114,12 @@ def recover(store: MilvusStore, ledger: Ledger, collection: str, own_run_id: str
     with ledger.engine.connect() as conn:
         dead = sorted(conn.execute(select(pending.c.run_id).where(
             pending.c.collection == collection, pending.c.run_id != own_run_id).distinct()).scalars())
-    with ledger.engine.begin() as conn:  # runs that died before writing anything
+    with ledger.engine.begin() as conn:  # runs that died before writing anything, and every dead run's listing
+        others = select(runs.c.run_id).where(runs.c.collection == collection, runs.c.run_id != own_run_id)
         conn.execute(runs.update().where(runs.c.collection == collection, runs.c.run_id != own_run_id,
                                          runs.c.state.in_(["running", "committing"]), runs.c.run_id.not_in(dead))
                      .values(state="failed"))
+        conn.execute(delete(listing).where(listing.c.run_id.in_(others)))
     done = []
     for run_id in dead:
         forward = ledger.run_state(run_id) == "committing"

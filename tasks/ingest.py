@@ -8,15 +8,16 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from millrace import clients, pipeline, staging
+from millrace import clients, pipeline, plan, staging
 from millrace.config import Settings
+from millrace.plan import Scope
 from millrace.records import BatchResult, SourceObject
 
 
 @task(name="list-source", task_run_name="list {source}", cache_policy=NO_CACHE)
-def list_source(source: str, settings: Settings) -> list[SourceObject]:
-    """List the documents at a folder, record file or S3 prefix with their fingerprints."""
-    return list(clients.source(source, settings).list())
+def list_source(source: str, settings: Settings, run_id: str, scope: Scope) -> int:
+    """List the documents at a folder, record file or S3 prefix into the ledger, with their fingerprints."""
+    return plan.record_listing(clients.ledger(settings), run_id, clients.source(source, settings).list(), scope)
 
 
 @task(name="embedding-dim", cache_policy=NO_CACHE)

@@ -74,6 +74,8 @@ def test_a_garbled_document_is_quarantined_and_the_rest_lands(sample_dir, settin
     rows = {r["source_uri"].rsplit("/", 1)[1]: r for r in Ledger(settings.resolved_ledger_url).rows(settings.collection)}
     assert rows["mojibake.txt"]["state"] == "quarantined" and rows["mojibake.txt"]["reason"] == "garbled_text"
     assert milvus_store(settings).count(rows["mojibake.txt"]["doc_id"]) == 0 and summary["reconciled"]
+    # The text gate runs before the model: the garbled document's chunks were never embedded.
+    assert summary["chunks_embedded"] == summary["chunks_written"]
 
 
 def test_too_many_quarantined_documents_fail_the_run_and_change_nothing_searchable(sample_dir, settings, monkeypatch):
