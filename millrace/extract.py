@@ -202,7 +202,7 @@ class TikaJvmExtractor:
         worker.start()
         worker.join(self.settings.parse_timeout_s)
         if worker.is_alive():
-            raise ExtractError("timeout", f"parse exceeded {self.settings.parse_timeout_s:.0f}s")
+            raise ExtractError("timeout", f"parse exceeded {self.settings.parse_timeout_s:g}s")
         if "error" in result:
             exc = result["error"]
             import jpype

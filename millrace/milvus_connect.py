@@ -60,8 +60,9 @@ def pymilvus():
                 import pymilvus as module
             finally:
                 logging.config.dictConfig = real
-            # Every query_iterator on Lite warns that it uses a client-side timestamp, which is expected there.
-            logging.getLogger("pymilvus").setLevel(logging.ERROR)
+            # CRITICAL: with its own retries off, pymilvus logs every failed call with a traceback at ERROR, and
+            # with_retries already logs each attempt in one line (and every query_iterator on Lite warns).
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
             _imported.append(module)
         return _imported[0]
 
