@@ -85,7 +85,7 @@ listing = Table(
     Column("size", Integer, nullable=False),
     Column("fingerprint", String(255), nullable=False),
     Column("media_type", String(255), nullable=False, default=""),
-    Column("action", String(8), nullable=False, default=""),  # todo | skip | wait
+    Column("action", String(8), nullable=False, default=""),  # todo | reuse (todo, stored vectors reusable) | skip | wait
 )
 
 

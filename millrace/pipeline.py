@@ -10,9 +10,8 @@ from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.extract import ExtractError
 from millrace.jsonl import RECORD_MEDIA_TYPE, record_document
-from millrace.ledger import Ledger
+from millrace.ledger import Ledger, documents
 from millrace.quality import apply_gate
-from millrace.plan import Plan, Scope, plan_run  # noqa: F401  (the planning API, re-exported)
 from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
 from millrace.store import MilvusStore
 
@@ -145,8 +144,6 @@ def remove_gone(store: MilvusStore, ledger: Ledger, collection: str, gone: list[
 def reconcile(store: MilvusStore, ledger: Ledger, collection: str, run_id: str) -> dict:
     """Ledger totals against Milvus count(*), for the collection and for each document this run touched (the
     ledger rows it last changed), read a page at a time."""
-    from millrace.ledger import documents
-
     milvus, expected = store.count(), ledger.chunk_total(collection)
     mismatched = []
     for rows in ledger.pages(documents, documents.c.collection == collection, documents.c.run_id == run_id,

@@ -85,6 +85,11 @@ def _action(row: dict | None, obj: dict, version: str, retry_failed: bool, now: 
     return "todo" if now >= row["next_attempt_at"] else "wait"
 
 
+def _reuses(row: dict | None, model: str) -> bool:
+    """The index holds chunks of this document embedded by `model`: its unchanged chunks keep their vectors."""
+    return row is not None and row["chunks"] > 0 and row["pipeline_version"].split("|", 1)[0] == model
+
+
 @dataclass
 class Plan:
     """Counts of a classified listing; the documents themselves stay in the ledger until their page is read."""
@@ -94,8 +99,8 @@ class Plan:
     skipped: int = 0
     waiting: int = 0
     gone: int = 0
-    model: str = ""
     reusable: set[str] = field(default_factory=set)  # of the page being read: vectors of this model exist
+    # "reuse" is "todo" for a document whose stored vectors can be reused, decided with the ledger row at hand.
 
     @property
     def seen(self) -> int:
@@ -113,8 +118,11 @@ def classify(ledger: Ledger, collection: str, run_id: str, version: str, retry_f
         known = ledger.rows_for(collection, [o["doc_id"] for o in page])
         by_action: dict[str, list[str]] = {}
         for obj in page:
-            by_action.setdefault(_action(known.get(obj["doc_id"]), obj, version, retry_failed, now), []).append(
-                obj["doc_id"])
+            row = known.get(obj["doc_id"])
+            action = _action(row, obj, version, retry_failed, now)
+            if action == "todo" and _reuses(row, version.split("|", 1)[0]):
+                action = "reuse"
+            by_action.setdefault(action, []).append(obj["doc_id"])
         with ledger.engine.begin() as conn:
             for action, ids in by_action.items():
                 conn.execute(listing.update().where(listing.c.run_id == run_id, listing.c.doc_id.in_(ids))
@@ -122,24 +130,18 @@ def classify(ledger: Ledger, collection: str, run_id: str, version: str, retry_f
     with ledger.engine.connect() as conn:
         counts = dict(conn.execute(select(listing.c.action, func.count()).where(listing.c.run_id == run_id)
                                    .group_by(listing.c.action)).all())
-    return Plan(run_id=run_id, todo=counts.get("todo", 0), skipped=counts.get("skip", 0),
-                waiting=counts.get("wait", 0), model=version.split("|", 1)[0])
-
-
-def reusable(ledger: Ledger, collection: str, objs: list[SourceObject], model: str) -> set[str]:
-    """Documents whose chunks in the index were embedded by `model`: their unchanged chunks keep their vectors."""
-    known = ledger.rows_for(collection, [o.doc_id for o in objs])
-    return {d for d, row in known.items() if row["chunks"] > 0 and row["pipeline_version"].split("|", 1)[0] == model}
+    return Plan(run_id=run_id, todo=counts.get("todo", 0) + counts.get("reuse", 0), skipped=counts.get("skip", 0),
+                waiting=counts.get("wait", 0))
 
 
 def todo_pages(ledger: Ledger, collection: str, plan: Plan) -> Iterator[list[SourceObject]]:
     """The documents to process, a page at a time; `plan.reusable` holds those of the current page whose stored
     vectors were made by this model."""
-    for page in ledger.pages(listing, listing.c.run_id == plan.run_id, listing.c.action == "todo", size=PAGE):
-        objs = [SourceObject(uri=o["uri"], doc_id=o["doc_id"], size=o["size"], fingerprint=o["fingerprint"],
-                             media_type=o["media_type"]) for o in page]
-        plan.reusable = reusable(ledger, collection, objs, plan.model)
-        yield objs
+    for page in ledger.pages(listing, listing.c.run_id == plan.run_id, listing.c.action.in_(["todo", "reuse"]),
+                             size=PAGE):
+        plan.reusable = {o["doc_id"] for o in page if o["action"] == "reuse"}
+        yield [SourceObject(uri=o["uri"], doc_id=o["doc_id"], size=o["size"], fingerprint=o["fingerprint"],
+                            media_type=o["media_type"]) for o in page]
 
 
 def gone_pages(ledger: Ledger, collection: str, run_id: str, scope: Scope) -> Iterator[list[dict]]:
@@ -188,8 +190,10 @@ def plan_run(objects: list[SourceObject], scope: Scope | str, ledger: Ledger, co
         plan = MaterializedPlan(todo=[], skipped=[], waiting=[], gone=[], reusable=set())
         for obj in objects:
             if obj.doc_id in actions:
-                {"todo": plan.todo, "skip": plan.skipped, "wait": plan.waiting}[actions[obj.doc_id]].append(obj)
-        plan.reusable = reusable(ledger, collection, plan.todo, version.split("|", 1)[0])
+                action = actions[obj.doc_id]
+                {"todo": plan.todo, "reuse": plan.todo, "skip": plan.skipped, "wait": plan.waiting}[action].append(obj)
+                if action == "reuse":
+                    plan.reusable.add(obj.doc_id)
         plan.gone = [row for page in gone_pages(ledger, collection, run_id, scope) for row in page]
         return plan
     finally:

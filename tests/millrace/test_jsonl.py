@@ -7,7 +7,7 @@ from millrace.config import ConfigError, load_settings
 from millrace.extract import ExtractError
 from millrace.jsonl import JsonlSource, record_document, record_id
 from millrace.ledger import Ledger
-from millrace.pipeline import plan_run
+from millrace.plan import plan_run
 from millrace.records import DocSummary
 from millrace.sources import open_source
 

@@ -1,7 +1,8 @@
 import pytest
 
 from millrace.ledger import Ledger
-from millrace.pipeline import batch_size_for, make_batches, plan_run
+from millrace.pipeline import batch_size_for, make_batches
+from millrace.plan import plan_run
 from millrace.records import DocSummary, Failure, SourceObject
 
 pytestmark = pytest.mark.unit
@@ -64,7 +65,7 @@ def test_ledger_url_setting_points_the_ledger_anywhere(tmp_path):
 
 
 def test_a_filtered_or_named_scope_never_reaches_documents_outside_it(tmp_path):
-    from millrace.pipeline import Scope
+    from millrace.plan import Scope
 
     ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
     names = ["a.md", "b.txt", "sub/c.md", "sub/d.txt", "subway/e.md"]
