@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test server bench lock clean
+.PHONY: install demo test server stop bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	$(BIN)/millrace setup-tika
+	# Debian's chromium for the browser test of the Prefect UI (tests/deployments); never `playwright install`.
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,8 +28,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole local platform (deployments/Procfile): Prefect server + UI, Milvus, Dask, a process worker, the S3 relay.
 server: $(STAMP)
-	$(BIN)/python -m millrace.server
+	$(BIN)/python -m millrace.platform start
+
+stop:
+	$(BIN)/python -m millrace.platform stop
 
 # The benchmarks of BENCHMARKS.md (about an hour on 2 cores); never part of `make test`.
 SCIFACT ?= ../shared/data/scifact
@@ -38,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --corpus $(DOCS) --name docs
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
+	$(BIN)/python bench/freshness.py --uploads 24
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
 	$(BIN)/millrace eval beir $(SCIFACT) --out bench/results/eval_scifact.json

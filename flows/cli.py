@@ -121,7 +121,52 @@ def cmd_bench(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     return 0
 
 
-HANDLERS: dict[str, cli.Command] = {"ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_rebuild(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    # --model, --chunk-size and --chunk-overlap are the new collection's, pinned for it by the flow
+    keys = [k for k in cli.SETTING_FLAGS if k not in ("model", "chunk_size", "chunk_overlap")]
+    settings = cli.settings_from(args, load, keys)
+    options = flow_options(settings, drop=("collection",))
+
+    def run():
+        from flows.rebuild import rebuild
+
+        return rebuild(collection=settings.collection, sources=args.sources, model=args.model,
+                       chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, eval_data_dir=args.eval_data_dir,
+                       min_ndcg=args.min_ndcg, warmup_queries=args.warmup_queries, grace_hours=args.grace_hours,
+                       options=options)
+
+    result = with_prefect(run)
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    check, gate = result["reconciliation"], result.get("gate")
+    print(f"{result['collection']}: now served by {result['new']} (was {result['old']}, kept {args.grace_hours:g} h "
+          f"for `millrace rollback`)")
+    print(f"{sum(r['indexed'] for r in result['runs'])} documents indexed from {len(result['runs'])} source(s); "
+          f"{check['milvus_count']} chunks, reconciliation {'OK' if check['ok'] else 'MISMATCH'}"
+          + (f"; nDCG@10 {gate['ndcg@10']:.4f} on {gate['dataset']}" if gate else ""))
+    if result.get("missing_documents"):
+        print(f"  not in any rebuilt source (served before, not now): {', '.join(result['missing_documents'])}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    settings = cli.settings_from(args, load)
+    options = flow_options(settings, drop=("collection",))
+
+    def run():
+        from flows.rebuild import rollback
+
+        return rollback(collection=settings.collection, grace_hours=args.grace_hours, options=options)
+
+    result = with_prefect(run)
+    print(json.dumps(result) if args.json else f"{result['collection']}: now served by {result['to']} (was "
+                                                 f"{result['from']}, kept {args.grace_hours:g} h)")
+    return 0
+
+
+HANDLERS: dict[str, cli.Command] = {"ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench,
+                                    "rebuild": cmd_rebuild, "rollback": cmd_rollback}
 
 
 def main(argv: list[str] | None = None) -> int:

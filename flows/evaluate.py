@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from blocks import load_settings
 from flows.ingest import ingest
@@ -28,8 +29,14 @@ def score_queries(dataset: str, queries: dict[str, str], qrels: dict[str, dict[s
 
 
 @flow(name="evaluate", flow_run_name="evaluate {data_dir} ({mode})")
-def evaluate(data_dir: str, collection: str | None = None, mode: str = "dense", split: str = "test",
-             options: dict[str, Any] | None = None, min_ndcg: float | None = None) -> dict[str, Any]:
+def evaluate(
+    data_dir: str = Field(..., description="A BEIR data set folder (corpus.jsonl, queries.jsonl, qrels/)"),
+    collection: str | None = Field(None, description="The collection to index it into; default from its name"),
+    mode: str = Field("dense", description="Retrieval mode the gate scores: dense, bm25 or hybrid"),
+    split: str = Field("test", description="The qrels split to score"),
+    options: dict[str, Any] | None = Field(None, description="Setting overrides, as for the ingest flow"),
+    min_ndcg: float | None = Field(None, description="Fail the run when nDCG@10 is below this bar"),
+) -> dict[str, Any]:
     """Index a BEIR data set with the ingest flow and score retrieval on its judged queries."""
     if mode not in ev.MODES:
         raise ValueError(f"mode must be one of {ev.MODES}")

@@ -7,10 +7,12 @@ import sys
 import time
 import uuid
 from collections import deque
+from datetime import date, datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 # Prefect walks every element of a direct task call's arguments looking for futures; a batch of vectors is ~10^5
 # floats. quote() skips that walk.
@@ -19,14 +21,16 @@ from prefect.utilities.annotations import quote
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import dask_task_runner
-from millrace import clients, pipeline, staging
+from flows.slots import collection_slot
+from millrace import clients, pipeline, staging, versions
 from millrace import plan as planning
 from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.lease import Lease
 from millrace.quality import QualityGateError
+from millrace.warmup import warm_up, warm_up_dim
 from millrace.sources import canonical_source_uri
-from tasks.ingest import commit_run, embedding_dim, list_source, process_batch, rollback_run, write_batch
+from tasks.ingest import commit_run, list_source, process_batch, rollback_run, write_batch
 
 
 class ReconciliationError(RuntimeError):
@@ -34,24 +38,64 @@ class ReconciliationError(RuntimeError):
 
 
 @flow(name="ingest", flow_run_name="ingest {source}")
-def ingest(source: str, collection: str | None = None, retry_failed: bool = False, objects: list[str] | None = None,
-           options: dict[str, Any] | None = None) -> dict[str, Any]:
+def ingest(
+    source: str = Field(..., description="A folder, a .jsonl[.gz] record file, or s3://bucket/prefix"),
+    collection: str | None = Field(None, description="The collection (alias) to write; default from settings"),
+    retry_failed: bool = Field(False, description="Also retry documents that failed for good"),
+    objects: list[str] | None = Field(
+        None, description="Only these paths/keys, relative to the source; a named one that is gone is deleted"),
+    options: dict[str, Any] | None = Field(
+        None, description='Setting overrides (MILLRACE_* names in lower case), e.g. {"include": ["*.pdf"]}'),
+    prefix: str = Field("", description="Only keys/paths under this prefix of the source, e.g. 2026/reports/"),
+    since: date | datetime | None = Field(
+        None, description="Only process documents modified on or after this date (deletions are still mirrored)"),
+) -> dict[str, Any]:
     """Index new and changed documents of a source, drop deleted ones, and reconcile Milvus with the ledger."""
     overrides = {**(options or {}), **({"collection": collection} if collection else {})}
-    return run_ingest(source, load_settings(**overrides), retry_failed, objects)
+    settings = load_settings(**overrides)
+    source, settings = with_prefix(source, prefix, settings)
+    with collection_slot(settings):
+        return run_ingest(source, settings, retry_failed, objects, since=epoch(since))
+
+
+def with_prefix(source: str, prefix: str, settings: Settings) -> tuple[str, Settings]:
+    """A key prefix as a narrower source (its folder part) plus an include pattern (the rest, if any)."""
+    prefix = prefix.lstrip("/")
+    if not prefix:
+        return source, settings
+    folder, _, rest = prefix.rpartition("/")
+    narrowed = source.rstrip("/") + ("/" + folder if folder else "")
+    if rest:
+        settings = settings.model_copy(update={"include": [f"{rest}*"] + list(settings.include)})
+    return narrowed, settings
+
+
+def epoch(when: date | datetime | None) -> float | None:
+    """A date means its midnight UTC; a naive datetime is taken as UTC."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        when = datetime.combine(when, datetime.min.time())
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
-               objects: list[str] | None = None) -> dict[str, Any]:
+               objects: list[str] | None = None, *, since: float | None = None,
+               physical: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     started = time.perf_counter()
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    ledger, collection = clients.ledger(settings), settings.collection
+    ledger, logical = clients.ledger(settings), settings.collection
     scope = planning.Scope(source=canonical_source_uri(source), include=settings.include, exclude=settings.exclude,
-                           objects=None if objects is None else sorted({o.strip("/") for o in objects}))
-    lease = Lease(ledger, collection, run_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
+                           objects=None if objects is None else sorted({o.strip("/") for o in objects}), since=since)
+    # The lease is on the name readers use, so a rebuild (which holds it throughout) and ordinary runs take turns;
+    # a rebuild's own ingests (`physical`: its new collection) re-enter its lease with its run id.
+    lease = Lease(ledger, logical, run_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
                   settings.lease_wait_s, on_wait=log.warning)
-    with lease:
+    with lease, versions.writing(settings, physical) as settings:
+        if physical is not None:  # one source of a rebuild: a run (ledger row, listing, staging) of its own
+            run_id = str(uuid.uuid4())
+        collection = settings.collection  # physical from here on: the ledger's rows and counts are its own
         ledger.start_run(collection, run_id, source, scope.model_dump())
         store = clients.milvus_store(settings)
         recovered = staging.recover(store, ledger, collection, run_id)
@@ -60,7 +104,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         version = pipeline.pipeline_version(settings)
         # Listed into the ledger and classified there, page by page: memory does not grow with the source.
         list_source(source, settings, run_id, scope)  # called, not submitted: listing runs here, no cluster needed
-        plan = planning.classify(ledger, collection, run_id, version, retry_failed)
+        plan = planning.classify(ledger, collection, run_id, version, retry_failed, since=since)
         log.info("%d documents in %s: %d to process, %d unchanged, %d waiting to retry", plan.seen,
                  scope.describe(), plan.todo, plan.skipped, plan.waiting)
         phases["plan"] = time.perf_counter() - t
@@ -102,52 +146,76 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
 
 def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
              stats: RunStats, phases: dict[str, float]) -> None:
-    """Fan batches out to Dask and stage each one as it finishes, a bounded number in flight.
+    """Process the run's batches where they are cheapest, staging each one as it finishes, a bounded number in flight.
 
-    Only `window` batch results exist at once (in the workers or here), so memory does not grow with the run.
-    The quarantine limit is exact while streaming: the run's document count is known from the classified listing,
-    and a run whose quarantined documents pass limit x count stops and rolls back at once."""
+    A configured Dask cluster is always used (its workers are warm). Otherwise a small change set is processed in
+    this process, which costs a model load but not a cluster start-up, and a large one on a LocalCluster. Only
+    `window` batch results exist at once, so memory does not grow with the run. The quarantine limit is exact
+    while streaming: a run whose quarantined documents pass limit x count stops and rolls back at once."""
+    store = clients.milvus_store(settings)
+    in_process = not settings.dask_address and plan.todo <= settings.inprocess_max_docs
+    t = time.perf_counter()
+    if in_process:
+        took = warm_up(settings, extractor=False)  # Tika starts with the first file that needs it (records don't)
+        store.ensure_collection(clients.embedder(settings).dim, model_id(settings))
+        phases["warm_up"] = time.perf_counter() - t
+        get_run_logger().info("%d documents: processed in the flow's process (warm-up %s)", plan.todo,
+                              ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, submit=None, slots=1)
+        return
+    with dask_task_runner(settings) as runner:
+        # Every worker loads the model, JVM and GX context now, in parallel, and not inside its first batch.
+        dims = set(runner.client.run(warm_up_dim, settings).values())
+        store.ensure_collection(dims.pop(), model_id(settings))
+        slots = sum(runner.client.nthreads().values()) or 1
+        phases["start_workers"] = time.perf_counter() - t
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, submit=runner.submit, slots=slots)
+
+
+def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
+            stats: RunStats, phases: dict[str, float], submit, slots: int) -> None:
     log = get_run_logger()
     store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
-    with dask_task_runner(settings) as runner:
-        store.ensure_collection(runner.submit(embedding_dim, {"settings": settings}).result(), model_id(settings))
-        slots = sum(runner.client.nthreads().values()) or 1
-        phases["start_workers"] = time.perf_counter() - t
-        t = time.perf_counter()
-        per_batch = pipeline.batch_size_for(plan.todo, settings.docs_per_batch, slots)
-        total, allowed = -(-plan.todo // per_batch), settings.max_quarantined_fraction * plan.todo
-        batches = enumerate((b for page in planning.todo_pages(ledger, settings.collection, plan)
-                             for b in pipeline.make_batches(page, per_batch)), start=1)
-        in_flight: deque = deque()
+    per_batch = pipeline.batch_size_for(plan.todo, settings.docs_per_batch, slots)
+    total, allowed = -(-plan.todo // per_batch), settings.max_quarantined_fraction * plan.todo
+    batches = enumerate((b for page in planning.todo_pages(ledger, settings.collection, plan)
+                         for b in pipeline.make_batches(page, per_batch)), start=1)
+    in_flight: deque = deque()
+    progress = create_progress_artifact(0.0, description=f"batches of {plan.todo} documents: 0/{total}")
 
-        def submit_next() -> None:
-            if (nxt := next(batches, None)) is not None:
-                i, batch = nxt
-                reuse = store.vectors_by_hash([o.doc_id for o in batch if o.doc_id in plan.reusable])
-                in_flight.append((i, runner.submit(process_batch, {
-                    "batch_no": i, "batches": max(i, total), "objects": batch, "source": source,
-                    "settings": settings, "reuse": reuse})))
+    def submit_next() -> None:
+        if (nxt := next(batches, None)) is not None:
+            i, batch = nxt
+            reuse = store.vectors_by_hash([o.doc_id for o in batch if o.doc_id in plan.reusable])
+            params = {"batch_no": i, "batches": max(i, total), "objects": batch, "source": source,
+                      "settings": settings, "reuse": reuse}
+            # In this process a batch is a direct task call, run when its turn comes (below).
+            in_flight.append((i, submit(process_batch, params) if submit else params))
 
-        for _ in range(max(2, 2 * slots)):
-            submit_next()
-        while in_flight:
-            i, future = in_flight.popleft()
-            result = future.result()
-            del future
-            submit_next()
-            stats.add(result)
-            if stats.quarantined > allowed:
-                raise QualityGateError(
-                    f"{stats.quarantined} of {plan.todo} documents failed the quality gates (limit "
-                    f"{settings.max_quarantined_fraction:.0%}); the run stopped and rolled back, nothing was "
-                    "changed. See the quality-gates artifact")
-            lease.check()
-            stats.chunks_written += write_batch(i, max(i, total), quote(result), settings, run_id, version)
-            del result
-            log.info("batch %d/%d staged: %d documents indexed, %d failed, %d quarantined so far", i, total,
-                     stats.indexed, stats.failed, stats.quarantined)
-        phases["process_and_write"] = time.perf_counter() - t
+    for _ in range(max(2, 2 * slots) if submit else 1):
+        submit_next()
+    done = 0
+    while in_flight:
+        i, pending = in_flight.popleft()
+        result = pending.result() if submit else process_batch(**pending)
+        del pending
+        submit_next()
+        stats.add(result)
+        if stats.quarantined > allowed:
+            raise QualityGateError(
+                f"{stats.quarantined} of {plan.todo} documents failed the quality gates (limit "
+                f"{settings.max_quarantined_fraction:.0%}); the run stopped and rolled back, nothing was "
+                "changed. See the quality-gates artifact")
+        lease.check()
+        stats.chunks_written += write_batch(i, max(i, total), quote(result), settings, run_id, version)
+        done += len(result.documents) + len(result.failures)
+        del result
+        update_progress_artifact(progress, 100.0 * done / max(plan.todo, 1),
+                                 description=f"batch {i}/{total} staged: {done}/{plan.todo} documents")
+        log.info("batch %d/%d staged: %d documents indexed, %d failed, %d quarantined so far", i, total,
+                 stats.indexed, stats.failed, stats.quarantined)
+    phases["process_and_write"] = time.perf_counter() - t
 
 
 def peak_rss_mb() -> float:

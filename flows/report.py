@@ -49,37 +49,46 @@ class RunStats:
         }
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "/").replace("\n", " ")
+def _cell(value: Any, width: int = 0) -> str:
+    text = str(value).replace("|", "/").replace("\n", " ")
+    return text if not width or len(text) <= width else text[:width - 1] + "…"
+
+
+def _secs(v: float) -> str:
+    return f"{v:,.2f} s" if v < 100 else f"{v:,.0f} s"
 
 
 def ingest_report(s: dict[str, Any]) -> str:
-    scope = s.get("scope") or {}
-    filters = ", ".join([f"include `{p}`" for p in scope.get("include", [])] +
-                        [f"exclude `{p}`" for p in scope.get("exclude", [])])
-    named = scope.get("objects")
-    lines = [f"# Ingest of `{s['source']}` into `{s['collection']}`", "",
-             f"Scope: `{scope.get('source', s['source'])}`" + (f", {filters}" if filters else "") +
-             (f", {len(named)} named object(s)" if named is not None else "") +
-             " — only documents inside it can be deleted by this run.", "",
+    """The run's summary: narrow tables with units (they must fit the Prefect UI's artifact pane), never reprs."""
+    from millrace.sources import display_name
+    from millrace.status import describe_scope
+
+    scope = s.get("scope") or {"source": s["source"]}
+    rate = f"{s['docs_per_s']:.2f} documents/s, {s['chunks_per_s']:.1f} chunks/s"
+    lines = [f"# Ingest into `{s['collection']}`", "",
+             f"**Scope:** {describe_scope(scope)}. Only documents inside it can be deleted by this run.", "",
+             f"**Wall time:** {_secs(s['seconds'])} ({rate}); flow process peak memory "
+             f"{s.get('peak_rss_mb', 0):.0f} MB.", "",
+             f"**Reconciliation:** Milvus holds {s['collection_count']:,} chunks, the ledger expects "
+             f"{s['ledger_chunks']:,}: {'OK' if s['reconciled'] else 'MISMATCH'}.", "",
              "| documents | count |", "|---|---:|"]
-    lines += [f"| {k} | {s[k]} |" for k in ("seen", "processed", "indexed", "skipped", "waiting", "failed",
-                                            "quarantined", "deleted")]
+    lines += [f"| {k} | {s[k]:,} |" for k in ("seen", "processed", "indexed", "skipped", "waiting", "failed",
+                                              "quarantined", "deleted")]
     lines += ["", "| chunks | count |", "|---|---:|"]
-    lines += [f"| {k.removeprefix('chunks_')} | {s[k]} |" for k in ("chunks_written", "chunks_embedded",
-                                                                    "chunks_reused")]
-    lines += ["", f"Wall time {s['seconds']:.1f} s ({s['docs_per_s']:.2f} documents/s, {s['chunks_per_s']:.1f} "
-                  f"chunks/s); flow process peak memory {s.get('peak_rss_mb', 0):.0f} MB.", "",
-              "| stage (summed over workers) | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in s["stage_seconds"].items()]
-    lines += ["", f"Reconciliation: Milvus count(*) {s['collection_count']} vs ledger {s['ledger_chunks']} — "
-                  f"{'OK' if s['reconciled'] else 'MISMATCH'}", ""]
+    lines += [f"| {k.removeprefix('chunks_')} | {s[k]:,} |" for k in ("chunks_written", "chunks_embedded",
+                                                                      "chunks_reused")]
+    lines += ["", "| run phase (wall clock) | time |", "|---|---:|"]
+    lines += [f"| {k.replace('_', ' ')} | {_secs(v)} |" for k, v in (s.get("phase_seconds") or {}).items()]
+    lines += ["", "| stage (summed over workers) | time |", "|---|---:|"]
+    lines += [f"| {k} | {_secs(v)} |" for k, v in s["stage_seconds"].items()]
     if s["failures"]:
-        lines += ["## Failed and quarantined documents", "", "| source | stage | reason | retried | detail |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {_cell(f['source_uri'])} | {f['stage']} | {f['reason']} | "
-                  f"{'automatically' if f.get('transient') else 'when changed'} | {_cell(f['detail'][:120])} |"
-                  for f in s["failures"]]
+        lines += ["", "## Failed and quarantined documents", "", "| document | stage | reason | retried |",
+                  "|---|---|---|---|"]
+        lines += [f"| {_cell(display_name(f['source_uri']), 48)} | {f['stage']} | {_cell(f['reason'], 24)} | "
+                  f"{'automatically' if f.get('transient') else 'when changed'} |" for f in s["failures"][:200]]
+        if len(s["failures"]) > 200:
+            lines.append(f"\n…and {len(s['failures']) - 200} more: `millrace status` lists them all.")
+        lines += ["", "Details: `millrace status --doc <uri>` shows a document's full reason and history."]
     return "\n".join(lines)
 
 

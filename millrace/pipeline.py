@@ -109,7 +109,7 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
             continue
         result.chunks.extend(chunks)
         summary = DocSummary.model_validate(doc.model_dump(include=set(DocSummary.model_fields)))
-        result.documents.append(summary.model_copy(update={"chunks": len(chunks)}))
+        result.documents.append(summary.model_copy(update={"chunks": len(chunks), "modified": obj.modified}))
     max_chars = settings.chunk_size * 40
     t = time.perf_counter()
     quality = apply_gate(result, embedder.dim, max_chars, phase="text").expectations

@@ -28,6 +28,7 @@ class Scope(BaseModel):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     objects: list[str] | None = None  # decoded paths relative to `source`; None: everything under it
+    since: float | None = None  # only documents modified at or after this (epoch seconds) are processed
 
     @property
     def records(self) -> bool:
@@ -51,7 +52,15 @@ class Scope(BaseModel):
         parts += [f"include {p}" for p in self.include] + [f"exclude {p}" for p in self.exclude]
         if self.objects is not None:
             parts.append(f"{len(self.objects)} named object(s)")
+        if self.since is not None:
+            parts.append(f"modified since {_iso(self.since)}")
         return ", ".join(parts)
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def record_listing(ledger: Ledger, run_id: str, objects: Iterable[SourceObject], scope: Scope) -> int:
@@ -67,7 +76,7 @@ def record_listing(ledger: Ledger, run_id: str, objects: Iterable[SourceObject],
         if scope.objects is not None and not scope.contains(obj.uri):
             continue
         page.append(dict(run_id=run_id, doc_id=obj.doc_id, uri=obj.uri, size=obj.size, fingerprint=obj.fingerprint,
-                         media_type=obj.media_type, action=""))
+                         media_type=obj.media_type, action="", modified=obj.modified))
         count += 1
         if len(page) >= PAGE:
             flush()
@@ -108,11 +117,12 @@ class Plan:
 
 
 def classify(ledger: Ledger, collection: str, run_id: str, version: str, retry_failed: bool = False,
-             now: float | None = None) -> Plan:
+             now: float | None = None, since: float | None = None) -> Plan:
     """Mark every listed document todo, skip or wait (a transient failure not yet due), page by page.
 
     Unchanged indexed documents are skipped; failed ones too, except transient failures whose next attempt is
-    due, and every failure with `retry_failed`."""
+    due, and every failure with `retry_failed`. With `since` (epoch seconds), documents last modified before it are
+    skipped too (a backfill of recent changes); they stay listed, so deletions are still judged on the whole scope."""
     now = time.time() if now is None else now
     for page in ledger.pages(listing, listing.c.run_id == run_id, size=PAGE):
         known = ledger.rows_for(collection, [o["doc_id"] for o in page])
@@ -120,6 +130,8 @@ def classify(ledger: Ledger, collection: str, run_id: str, version: str, retry_f
         for obj in page:
             row = known.get(obj["doc_id"])
             action = _action(row, obj, version, retry_failed, now)
+            if since is not None and 0 < (obj["modified"] or 0) < since:
+                action = "skip"
             if action == "todo" and _reuses(row, version.split("|", 1)[0]):
                 action = "reuse"
             by_action.setdefault(action, []).append(obj["doc_id"])
@@ -141,7 +153,7 @@ def todo_pages(ledger: Ledger, collection: str, plan: Plan) -> Iterator[list[Sou
                              size=PAGE):
         plan.reusable = {o["doc_id"] for o in page if o["action"] == "reuse"}
         yield [SourceObject(uri=o["uri"], doc_id=o["doc_id"], size=o["size"], fingerprint=o["fingerprint"],
-                            media_type=o["media_type"]) for o in page]
+                            media_type=o["media_type"], modified=o["modified"] or 0.0) for o in page]
 
 
 def gone_pages(ledger: Ledger, collection: str, run_id: str, scope: Scope) -> Iterator[list[dict]]:

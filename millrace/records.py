@@ -54,10 +54,12 @@ class SourceObject(BaseModel):
     size: int
     fingerprint: str  # ETag, or size+mtime: whatever changes when the content does
     media_type: str = ""  # set by sources whose objects need no parser (JSONL records); empty: Tika decides
+    modified: float = 0.0  # last modification (S3: upload) time, epoch seconds; 0: unknown
 
     @classmethod
-    def make(cls, uri: str, size: int, fingerprint: str, media_type: str = "") -> "SourceObject":
-        return cls(uri=uri, doc_id=doc_id_for(uri), size=size, fingerprint=fingerprint, media_type=media_type)
+    def make(cls, uri: str, size: int, fingerprint: str, media_type: str = "", modified: float = 0.0) -> "SourceObject":
+        return cls(uri=uri, doc_id=doc_id_for(uri), size=size, fingerprint=fingerprint, media_type=media_type,
+                   modified=modified)
 
 
 class Page(BaseModel):
@@ -76,6 +78,7 @@ class DocSummary(BaseModel):
     title: str = ""
     page_count: int = 0
     chunks: int = 0
+    modified: float = 0.0  # the source object's modification time (SourceObject.modified)
 
 
 class Document(DocSummary):
@@ -97,6 +100,8 @@ class Chunk(BaseModel):
     doc_id: str
     chunk_index: int
     text: str
+    # The physical collection that served the hit (a rebuild swaps the alias between them: see millrace.versions).
+    collection: str = ""
     source_uri: str
     title: str = ""
     page: int = 0
@@ -143,3 +148,5 @@ class Hit(BaseModel):
     page: int
     chunk_index: int
     text: str
+    # The physical collection that served the hit (a rebuild swaps the alias between them: see millrace.versions).
+    collection: str = ""

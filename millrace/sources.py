@@ -177,7 +177,32 @@ class LocalSource:
                 raise
             if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
                 continue
-            yield SourceObject.make(path_to_uri(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+            yield SourceObject.make(path_to_uri(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}",
+                                    modified=st.st_mtime)
+
+    def named(self, rels: list[str]) -> Iterator[SourceObject]:
+        """Just the named files (decoded paths relative to the folder), each stat'ed, without walking the folder; a
+        name that is gone, hidden, a link (unless followed) or outside the folder yields nothing."""
+        if not self.root.is_dir():
+            yield from (o for o in self.list() if relative_name(self.uri, o.uri) in rels)
+            return
+        for rel in sorted(set(rels)):
+            parts = rel.split("/")
+            path = self.root.joinpath(*parts)
+            if any(p.startswith(".") or p in ("", "..") for p in parts) or not wanted(rel, self.include, self.exclude):
+                continue
+            if not self.follow_symlinks and any(self.root.joinpath(*parts[:i + 1]).is_symlink()
+                                                for i in range(len(parts))):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno in _SKIPPED_STAT_ERRORS:
+                    continue
+                raise
+            if stat.S_ISREG(st.st_mode):
+                yield SourceObject.make(path_to_uri(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}",
+                                        modified=st.st_mtime)
 
     def read(self, obj: SourceObject) -> bytes:
         return uri_to_path(obj.uri).read_bytes()
@@ -213,6 +238,22 @@ class S3Source:
 
     def list(self) -> Iterator[SourceObject]:
         found = with_retries(self._find, self.settings.retry_delays, what=f"list {self.uri}")
+        yield from self._objects(found)
+
+    def named(self, rels: list[str]) -> Iterator[SourceObject]:
+        """Just the named keys (decoded, relative to the prefix), one HEAD each instead of listing the prefix; a key
+        that is gone yields nothing (so the run deletes it)."""
+        found = {}
+        for rel in sorted(set(rels)):
+            path = f"{self.bucket}/{self.prefix}/{rel}" if self.prefix else f"{self.bucket}/{rel}"
+            try:
+                found[path] = with_retries(lambda p=path: self.fs.info(p), self.settings.retry_delays,
+                                           what=f"stat s3://{path}")
+            except FileNotFoundError:
+                continue
+        yield from self._objects(found)
+
+    def _objects(self, found: dict[str, dict]) -> Iterator[SourceObject]:
         for path, info in sorted(found.items()):
             key = path.split("/", 1)[1] if "/" in path else ""
             if info.get("type") == "directory" or not key or key.endswith("/"):
@@ -222,12 +263,27 @@ class S3Source:
             if not wanted(rel, self.include, self.exclude):
                 continue
             etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-            yield SourceObject.make(uri, int(info.get("size") or 0), etag or f"{info.get('size')}")
+            yield SourceObject.make(uri, int(info.get("size") or 0), etag or f"{info.get('size')}",
+                                    modified=_timestamp(info.get("LastModified") or info.get("last_modified")))
 
     def read(self, obj: SourceObject) -> bytes:
         bucket, key = s3_location(obj.uri)
         return with_retries(lambda: self.fs.cat_file(f"{bucket}/{key}"), self.settings.retry_delays,
                             what=f"read {obj.uri}")
+
+
+def _timestamp(value) -> float:
+    """S3's LastModified (a datetime from boto, or text) as epoch seconds; 0 when absent."""
+    if value is None:
+        return 0.0
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _is_credentials_error(exc: BaseException) -> bool:
@@ -257,6 +313,22 @@ def s3_filesystem(settings: Settings):
     fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config, **kwargs)
     fs.retries = 1
     return fs
+
+
+def route_keys(bucket: str, keys: list[str], sources: list[str]) -> dict[str, list[str]]:
+    """Group the (decoded) keys of an S3 event batch by the configured source that holds each, as paths relative to
+    it; keys outside every configured s3:// source are left out. No configured source of the bucket: the bucket."""
+    mine = [canonical_source_uri(s) for s in sources if s.startswith(f"s3://{bucket}/") or s in (f"s3://{bucket}",)]
+    roots = sorted(set(mine or [s3_uri(bucket, "")]), key=len, reverse=True)  # the deepest source wins
+    routed: dict[str, list[str]] = {}
+    for key in keys:
+        uri = s3_uri(bucket, key)
+        for root in roots:
+            rel = relative_name(root, uri)
+            if rel is not None and uri != root:
+                routed.setdefault(root, []).append(rel)
+                break
+    return {root: sorted(set(rels)) for root, rels in routed.items()}
 
 
 def open_source(uri: str, settings: Settings) -> Source:

@@ -23,7 +23,7 @@ from typing import Iterator
 from sqlalchemy import delete, select
 
 from millrace.ledger import Ledger, listing, pending, runs
-from millrace.records import TRANSIENT_REASONS, BatchResult
+from millrace.records import TRANSIENT_REASONS, BatchResult, DocState
 from millrace.store import MilvusStore
 
 log = logging.getLogger("millrace")
@@ -91,10 +91,19 @@ def commit(store: MilvusStore, ledger: Ledger, run_id: str) -> int:
         removed += store.delete_ids(stale) if stale else 0
         fault_point("kill-during-commit")
         with ledger.engine.begin() as conn:
-            ledger.upsert_rows(conn, [json.loads(p["row"]) for p in page])
+            ledger.upsert_rows(conn, [_searchable(json.loads(p["row"])) for p in page])
             conn.execute(delete(pending).where(pending.c.run_id == run_id,
                                                pending.c.doc_id.in_([p["doc_id"] for p in page])))
     return removed
+
+
+def _searchable(row: dict) -> dict:
+    """Stamp an indexed row with the time it became searchable, and its upload-to-searchable seconds."""
+    if row.get("state") != DocState.indexed.value:
+        return row
+    now = time.time()
+    modified = row.get("modified_at") or 0.0
+    return {**row, "indexed_at": now, "fresh_s": round(max(0.0, now - modified), 3) if modified else 0.0}
 
 
 def rollback(store: MilvusStore, ledger: Ledger, run_id: str) -> int:

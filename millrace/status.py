@@ -9,7 +9,7 @@ from millrace.config import Settings
 from millrace.records import TRANSIENT_REASONS
 
 
-def _document(r: dict) -> dict[str, Any]:
+def document_entry(r: dict) -> dict[str, Any]:
     failed = r["state"] in ("failed", "quarantined")
     transient = failed and r["reason"] in TRANSIENT_REASONS
     return {"doc_id": r["doc_id"], "source_uri": r["source_uri"], "state": r["state"],
@@ -23,14 +23,15 @@ def _document(r: dict) -> dict[str, Any]:
 
 
 def status_report(settings: Settings) -> dict[str, Any]:
-    from millrace import clients, lease
+    from millrace import clients, lease, versions
 
     ledger = clients.ledger(settings)
-    runs = ledger.recent_runs(settings.collection, 5)
-    return {"collection": settings.collection, "counts": ledger.counts(settings.collection),
-            "last_run": runs[0] if runs else None, "recent_runs": runs,
-            "lease": lease.current(ledger, settings.collection),
-            "documents": [_document(r) for r in ledger.rows(settings.collection)]}
+    physical = versions.active_physical(settings)  # document rows and runs are kept per physical collection
+    runs = ledger.recent_runs(physical, 5)
+    return {"collection": settings.collection, "physical_collection": physical,
+            "counts": ledger.counts(physical), "last_run": runs[0] if runs else None, "recent_runs": runs,
+            "lease": lease.current(ledger, settings.collection),  # held on the name readers use
+            "documents": [document_entry(r) for r in ledger.rows(physical)]}
 
 
 def describe_scope(scope: dict) -> str:
@@ -44,7 +45,9 @@ def describe_scope(scope: dict) -> str:
 
 def format_status(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report["counts"].items())) or "no documents"
-    lines = [f"collection {report['collection']}: {counts}"]
+    physical = report.get("physical_collection")
+    serving = f" (served by {physical})" if physical and physical != report["collection"] else ""
+    lines = [f"collection {report['collection']}{serving}: {counts}"]
     if held := report.get("lease"):
         lines.append(f"being written now by run {held['run_id']} ({held['source']}, process {held['holder']})")
     for i, run in enumerate(report.get("recent_runs") or []):

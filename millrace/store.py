@@ -227,12 +227,47 @@ class MilvusStore:
         stale = set().union(*(ids - keep[doc] for doc, ids in existing.items())) if existing else set()
         return self.delete_ids(stale) if stale else 0
 
-    def count(self, doc_id: str | None = None) -> int:
+    def count(self, doc_id: str | None = None, consistency: str | None = None) -> int:
+        """count(*) at the collection's level (Strong), or at `consistency` (what a Bounded reader would see)."""
         if not self.exists():
             return 0
         expr = f'doc_id == "{doc_id}"' if doc_id else ""
-        res = self._call("query", self.collection, filter=expr, output_fields=["count(*)"])
+        level = {"consistency_level": consistency} if consistency else {}
+        res = self._call("query", self.collection, filter=expr, output_fields=["count(*)"], **level)
         return int(res[0]["count(*)"])
+
+    # Aliases (a Milvus server; milvus-lite 2.5.1 answers UNIMPLEMENTED to every alias call, see millrace.versions).
+    def describe_alias(self, alias: str) -> str | None:
+        """The collection `alias` points at, or None when there is no such alias."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return str(self._call("describe_alias", alias)["collection_name"])
+        except MilvusException as exc:
+            if exc.code == 1600 or "alias not found" in str(exc.message).lower():  # merr.ErrAliasNotFound
+                return None
+            raise
+
+    def point_alias(self, alias: str) -> None:
+        """Make `alias` name this collection: alter_alias moves it in one step, so a reader never finds it missing."""
+        current = self.describe_alias(alias)
+        if current is None:
+            self._call("create_alias", self.collection, alias)
+        elif current != self.collection:
+            self._call("alter_alias", self.collection, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        self._call("drop_alias", alias)
+
+    def load(self) -> None:
+        """Load the collection into memory (a server searches only loaded collections; a no-op once loaded)."""
+        self._call("load_collection", self.collection)
+
+    def drop(self) -> None:
+        """Drop the collection. Milvus 2.3 drops one that an alias names without complaint: callers check first."""
+        if self.exists():
+            self._call("drop_collection", self.collection)
+        self._described = self._full_text = None
 
     def search(self, vector: Sequence[float] | np.ndarray, k: int = 10, expr: str = "", text: str | None = None,
                mode: str = "dense") -> list[Hit]:
@@ -276,8 +311,8 @@ class MilvusStore:
                              output_fields=OUTPUT_FIELDS, **level)
         out = []
         for hits in res:
-            found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), **{f: r["entity"][f] for f in OUTPUT_FIELDS})
-                     for r in hits]
+            found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), collection=self.collection,
+                         **{f: r["entity"][f] for f in OUTPUT_FIELDS}) for r in hits]
             if group_by_doc:
                 seen: set[str] = set()
                 found = [h for h in found if h.doc_id not in seen and not seen.add(h.doc_id)]

@@ -17,13 +17,10 @@ from millrace.records import BatchResult, SourceObject
 @task(name="list-source", task_run_name="list {source}", cache_policy=NO_CACHE)
 def list_source(source: str, settings: Settings, run_id: str, scope: Scope) -> int:
     """List the documents at a folder, record file or S3 prefix into the ledger, with their fingerprints."""
-    return plan.record_listing(clients.ledger(settings), run_id, clients.source(source, settings).list(), scope)
-
-
-@task(name="embedding-dim", cache_policy=NO_CACHE)
-def embedding_dim(settings: Settings) -> int:
-    """Load the embedding model on a worker (once per process) and report its dimension."""
-    return clients.embedder(settings).dim
+    src = clients.source(source, settings)
+    # Named objects (an S3 event batch) are looked up one by one, not found by listing the whole prefix.
+    objects = src.named(scope.objects) if scope.objects is not None and hasattr(src, "named") else src.list()
+    return plan.record_listing(clients.ledger(settings), run_id, objects, scope)
 
 
 @task(name="process-batch", task_run_name="process batch {batch_no}/{batches}", cache_policy=NO_CACHE)

@@ -74,9 +74,9 @@ def test_config_does_not_reach_up_into_blocks():
 
 
 def test_every_core_module_and_serving_import_without_prefect():
-    """In a fresh interpreter: import every millrace.* module and serving.retrieve; Prefect must not be loaded."""
+    """In a fresh interpreter: import every millrace.* module, serving.retrieve and the S3 event relay; Prefect must not be loaded."""
     modules = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in core_files()]
-    modules = [m.removesuffix(".__init__") for m in modules] + ["serving", "serving.retrieve"]
+    modules = [m.removesuffix(".__init__") for m in modules] + ["serving", "serving.retrieve", "serving.relay", "serving.emit"]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"

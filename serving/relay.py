@@ -1,0 +1,259 @@
+"""The S3 event relay: open-source Prefect has no webhooks, so S3 notifications (SNS HTTP subscription, MinIO
+webhook, EventBridge API destination) come here and leave as Prefect events, which a deployment trigger turns into
+`s3-object` flow runs.
+
+    MILLRACE_RELAY_TOKEN=... PREFECT_API_URL=http://127.0.0.1:4200/api python -m serving.relay --port 8787
+
+A request is answered only after the events it brought have been emitted: 200 means Prefect has them, 503 means
+the sender must deliver again (SNS, MinIO and EventBridge all do)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import logging
+import re
+import sys
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from millrace.config import Settings
+from millrace.eventlog import EventLog
+from millrace.retry import with_retries
+from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
+from serving.emit import Debouncer, EmitError, PrefectEmitter, build_batches
+
+log = logging.getLogger("millrace.relay")
+TOKEN_HELP = ("set MILLRACE_RELAY_TOKEN to a long random secret, e.g. "
+              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, and give the same value to the sender "
+              "(SNS: ?token= in the subscription URL; MinIO: auth_token; EventBridge: an X-Millrace-Token header)")
+
+
+class RelaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MILLRACE_RELAY_", extra="ignore", populate_by_name=True)
+
+    token: SecretStr  # required: the relay does not start without one
+    # Prefect's own variables serve when the relay's are unset.
+    prefect_api_url: str = Field("", validation_alias=AliasChoices("MILLRACE_RELAY_PREFECT_API_URL",
+                                                                   "PREFECT_API_URL"))
+    prefect_api_key: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices(
+        "MILLRACE_RELAY_PREFECT_API_KEY", "PREFECT_API_KEY"))
+    prefect_api_auth_string: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices(
+        "MILLRACE_RELAY_PREFECT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"))
+    verify_sns: bool = False  # check SNS signatures (on top of the token)
+    # SigningCertURL and SubscribeURL must match this: the relay fetches nothing else.
+    sns_url_pattern: str = DEFAULT_SNS_URL_PATTERN
+    eventbridge_keys_encoded: bool = True
+    debounce_s: float = 1.0
+    max_wait_s: float = 5.0
+    max_keys: int = 500
+    # SNS waits 15 s for an answer by default: the quiet period, the retries and their timeouts fit in that.
+    emit_timeout_s: float = 3.0
+    retry_delays: list[float] = Field(default_factory=lambda: [0.5, 1.5, 3.0])
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("MILLRACE_RELAY_TOKEN must be at least 16 characters")
+        return value
+
+
+def settings_or_exit() -> RelaySettings:
+    """The settings from the environment, or exit saying what to set."""
+    try:
+        settings = RelaySettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"millrace relay: cannot start ({problems}). {TOKEN_HELP}")
+    if not settings.prefect_api_url:
+        sys.exit("millrace relay: cannot start: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) to the Prefect "
+                 "API the events go to")
+    return settings
+
+
+def presented_tokens(request: Request) -> list[str]:
+    """Every token the request offers: Bearer or Basic (the password: SNS puts user:password@ URLs there),
+    X-Millrace-Token, ?token=."""
+    found = []
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        found.append(value.strip())
+    elif scheme.lower() == "basic":
+        try:
+            found.append(base64.b64decode(value.strip(), validate=True).decode().partition(":")[2])
+        except ValueError:
+            pass
+    found += [t for t in (request.headers.get("x-millrace-token"), request.query_params.get("token")) if t]
+    return found
+
+
+def _reply(code: int, /, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
+
+
+class Relay:
+    """The state of a running relay: emitter, event log, debouncer, the deliveries in progress."""
+
+    def __init__(self, settings: RelaySettings):
+        self.settings = settings
+        self.token = settings.token.get_secret_value().encode()
+        self.url_pattern = re.compile(settings.sns_url_pattern)
+        self.emitter = PrefectEmitter(settings.prefect_api_url, api_key=settings.prefect_api_key.get_secret_value(),
+                                      auth_string=settings.prefect_api_auth_string.get_secret_value(),
+                                      timeout_s=settings.emit_timeout_s, retry_delays=settings.retry_delays)
+        self.eventlog = EventLog(Settings().resolved_ledger_url)
+        self.verifier = SnsVerifier(self._fetch, settings.sns_url_pattern)
+        self.debouncer = Debouncer(self._flush, debounce_s=settings.debounce_s, max_wait_s=settings.max_wait_s,
+                                   max_keys=settings.max_keys)
+        self.in_flight: dict[str, asyncio.Future] = {}
+
+    def authorized(self, request: Request) -> bool:
+        return any(hmac.compare_digest(t.encode(), self.token) for t in presented_tokens(request))
+
+    def _fetch(self, url: str) -> bytes:
+        def get() -> bytes:
+            response = httpx.get(url, timeout=self.settings.emit_timeout_s)
+            response.raise_for_status()
+            return response.content
+
+        return with_retries(get, self.settings.retry_delays, f"fetching {url}")
+
+    async def _flush(self, bucket: str, changes: list[S3Change]) -> list[str]:
+        batches = build_batches(bucket, changes)
+        await asyncio.to_thread(self.emitter.emit, [e for b in batches for e in b.events])
+        for batch in batches:
+            created = sum(c.kind == "created" for c in batch.changes)
+            log.info("emitted batch %s for bucket %s: %d created, %d removed", batch.batch_id, bucket, created,
+                     len(batch.changes) - created)
+            try:  # the events are out: a ledger hiccup must not turn this into a redelivery
+                await asyncio.to_thread(self.eventlog.record, batch.changes, batch.batch_id)
+            except Exception as exc:
+                log.warning("could not record the last events of batch %s: %s", batch.batch_id, exc)
+        return [b.batch_id for b in batches]
+
+    async def deliver(self, message_id: str, changes: list[S3Change]) -> JSONResponse:
+        """Emit a delivery's changes once, whatever number of times it arrives. A copy that arrives while the first
+        is still waiting for its flush waits for the same outcome."""
+        task = self.in_flight.get(message_id)
+        first = task is None
+        if task is None:
+            task = self.in_flight[message_id] = asyncio.ensure_future(self._process(message_id, changes))
+            task.add_done_callback(lambda t: self.in_flight.get(message_id) is t and self.in_flight.pop(message_id))
+        # Shielded: a sender that hangs up does not cancel the flush that other requests wait for.
+        code, body = await asyncio.shield(task)
+        if code == 200 and not first:
+            body = {"status": "duplicate", "message_id": message_id}
+        return _reply(code, **body)
+
+    async def _process(self, message_id: str, changes: list[S3Change]) -> tuple[int, dict]:
+        try:
+            seen = await asyncio.to_thread(self.eventlog.seen, message_id)
+        except Exception as exc:
+            return 503, {"detail": f"the relay's event log (the ledger database) is unavailable: {exc}"}
+        if seen:
+            return 200, {"status": "duplicate", "message_id": message_id}
+        try:
+            batch_ids = await self.debouncer.submit(changes)
+        except EmitError as exc:
+            return 503, {"detail": str(exc)}
+        try:
+            await asyncio.to_thread(self.eventlog.remember, [message_id])
+        except Exception as exc:  # a redelivery re-emits the same event ids, which Prefect ignores
+            log.warning("could not record delivery %s as handled: %s", message_id, exc)
+        return 200, {"status": "emitted", "message_id": message_id, "changes": len(changes),
+                     "batch_ids": sorted({i for ids in batch_ids for i in ids})}
+
+    async def confirm(self, url: str) -> JSONResponse:
+        if not self.url_pattern.match(url):
+            return _reply(403, detail=f"SubscribeURL {url!r} does not match MILLRACE_RELAY_SNS_URL_PATTERN; not "
+                                      "confirmed")
+        try:
+            await asyncio.to_thread(self._fetch, url)
+        except Exception as exc:
+            return _reply(503, detail=f"could not confirm the subscription at its SubscribeURL: {exc}")
+        log.info("confirmed SNS subscription")
+        return _reply(200, status="confirmed")
+
+
+def create_app(settings: RelaySettings | None = None) -> FastAPI:
+    settings = settings or settings_or_exit()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.relay = Relay(settings)
+        try:
+            yield
+        finally:
+            app.state.relay.emitter.close()
+
+    app = FastAPI(title="Millrace S3 event relay", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        relay: Relay = request.app.state.relay
+        return {"status": "ok", "prefect_api_url": relay.emitter.api_url, "pending_changes": relay.debouncer.pending,
+                "verify_sns": settings.verify_sns}
+
+    @app.post("/s3/events")
+    async def s3_events(request: Request) -> JSONResponse:
+        relay: Relay = request.app.state.relay
+        if not relay.authorized(request):
+            return JSONResponse({"detail": "missing or wrong token: send MILLRACE_RELAY_TOKEN as Authorization: "
+                                           "Bearer <token>, an X-Millrace-Token header or ?token=<token>"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        too_big = _reply(413, detail=f"a body over MILLRACE_RELAY_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return too_big
+        raw = await request.body()
+        if len(raw) > settings.max_body_bytes:  # a chunked body declares no length
+            return too_big
+        try:
+            notice = parse_body(raw, message_id=request.headers.get("x-amz-sns-message-id", ""),
+                                eventbridge_keys_encoded=settings.eventbridge_keys_encoded)
+        except BadEvent as exc:
+            return _reply(400, detail=str(exc))
+        if notice.source == "sns" and settings.verify_sns:
+            try:
+                await asyncio.to_thread(relay.verifier.verify, notice.envelope)
+            except SignatureError as exc:
+                return _reply(403, detail=f"SNS signature rejected: {exc}")
+            except Exception as exc:  # the certificate could not be fetched: SNS should try again
+                return _reply(503, detail=f"could not check the SNS signature: {type(exc).__name__}: {exc}")
+        if notice.action == "subscribe":
+            return await relay.confirm(notice.subscribe_url)
+        if notice.action in ("unsubscribe", "test", "ignored") or not notice.changes:
+            reason = notice.reason or {"unsubscribe": "unsubscribed", "test": "s3:TestEvent"}.get(
+                notice.action, "no object created/removed records")
+            return _reply(200, status="ignored", reason=reason)
+        return await relay.deliver(notice.message_id, notice.changes)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serving.relay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    settings = settings_or_exit()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    # No access log: SNS subscriptions carry the token in the query string, which uvicorn would write out.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Operations on the flows: S3 event batches mirror exactly their objects, backfills by prefix and date, small
+change sets processed in the flow's own process, freshness in the ledger, and `status --doc`."""
+
+import os
+import time
+import uuid
+
+import pytest
+
+from flows.ingest import ingest
+from flows.s3_object import s3_object
+from millrace import clients
+from millrace.config import load_settings
+from millrace.doc_status import doc_report, format_doc
+from millrace.records import doc_id_for
+from millrace.sources import path_to_uri, s3_uri
+from serving.retrieve import Retriever
+
+pytestmark = pytest.mark.integration
+
+
+def words(i: int) -> str:
+    return (f"Report {i} counts {i * 17 % 89} barges through lock {i * 5 % 41} on the "
+            f"{['north', 'south', 'east', 'west'][i % 4]} canal during the spring flood.")
+
+
+@pytest.fixture()
+def bucket(moto_s3, monkeypatch):
+    import boto3
+
+    for key, value in {"MILLRACE_S3_ENDPOINT_URL": moto_s3, "MILLRACE_S3_KEY": "testing",
+                       "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    name = f"ops-{uuid.uuid4().hex[:6]}"
+    s3.create_bucket(Bucket=name)
+    return s3, name
+
+
+def test_an_event_batch_indexes_its_created_objects_deletes_its_removed_ones_and_touches_nothing_else(
+        bucket, settings):
+    s3, name = bucket
+    keys = ["in box/a report.txt", "in box/café #2.txt", "other/b+c.txt", "in box/untouched.txt"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=name, Key=key, Body=words(i).encode())
+    settings = load_settings(collection=settings.collection)
+    first = s3_object(bucket=name, created=keys[:3], collection=settings.collection)
+    assert sum(s["indexed"] for s in first) == 3  # the untouched key was never named
+    ledger = clients.ledger(settings)
+    indexed = {r["source_uri"] for r in ledger.rows(settings.collection, ["indexed"])}
+    assert indexed == {s3_uri(name, k) for k in keys[:3]}
+    fresh = ledger.rows_for(settings.collection, [doc_id_for(s3_uri(name, keys[0]))])[doc_id_for(s3_uri(name, keys[0]))]
+    assert fresh["indexed_at"] >= fresh["modified_at"] > 0 and fresh["fresh_s"] == pytest.approx(
+        fresh["indexed_at"] - fresh["modified_at"], abs=0.01)
+
+    s3.delete_object(Bucket=name, Key=keys[1])
+    # A "created" event for a key deleted since is judged by the object's state now: gone, so deleted.
+    second = s3_object(bucket=name, created=[keys[1]], removed=[], collection=settings.collection)
+    assert sum(s["deleted"] for s in second) == 1
+    hits = Retriever(settings, clients.milvus_store(settings)).search(words(1), k=10)
+    assert all(h.source_uri != s3_uri(name, keys[1]) for h in hits)
+    report = doc_report(settings, s3_uri(name, keys[1]))
+    assert report["ledger"]["state"] == "deleted" and report["milvus_chunks"] == 0 and report["runs"]
+    assert "deleted" in format_doc(report)
+
+
+def test_configured_sources_limit_what_events_may_index(bucket, settings, monkeypatch):
+    s3, name = bucket
+    for i, key in enumerate(["docs/in.txt", "private/out.txt"]):
+        s3.put_object(Bucket=name, Key=key, Body=words(i).encode())
+    monkeypatch.setenv("MILLRACE_SOURCES", f'["s3://{name}/docs"]')
+    settings = load_settings(collection=settings.collection)
+    out = s3_object(bucket=name, created=["docs/in.txt", "private/out.txt"], collection=settings.collection)
+    assert [s["source"] for s in out] == [f"s3://{name}/docs"] and out[0]["indexed"] == 1
+    assert {r["source_uri"] for r in clients.ledger(settings).rows(settings.collection)} == {
+        s3_uri(name, "docs/in.txt")}
+
+
+def test_a_backfill_by_prefix_and_date_processes_only_those_and_still_mirrors_deletions(tmp_path, settings):
+    src = tmp_path / "share"
+    (src / "2026 reports").mkdir(parents=True)
+    (src / "2025 reports").mkdir()
+    files = [src / "2026 reports" / "jan.txt", src / "2026 reports" / "old.txt", src / "2025 reports" / "dec.txt"]
+    for i, f in enumerate(files):
+        f.write_text(words(i))
+    long_ago = time.time() - 400 * 86400
+    os.utime(files[1], (long_ago, long_ago))
+    out = ingest(source=str(src), collection=settings.collection, prefix="2026 reports/", since="2026-01-01")
+    assert (out["seen"], out["processed"], out["skipped"]) == (2, 1, 1)  # old.txt: listed, not processed
+    assert {r["source_uri"] for r in clients.ledger(settings).rows(settings.collection)} == {path_to_uri(files[0])}
+    files[0].unlink()
+    again = ingest(source=str(src), collection=settings.collection, prefix="2026 reports/", since="2026-01-01")
+    assert again["deleted"] == 1  # `since` limits processing, never the deletion check
+
+
+def test_a_small_change_set_runs_in_the_flow_process_without_a_cluster(tmp_path, settings, monkeypatch):
+    monkeypatch.delenv("MILLRACE_DASK_ADDRESS")
+    src = tmp_path / "few"
+    src.mkdir()
+    for i in range(3):
+        (src / f"note {i}.txt").write_text(words(i))
+    out = ingest(source=str(src), collection=settings.collection)
+    assert out["indexed"] == 3 and "warm_up" in out["phase_seconds"] and "start_workers" not in out["phase_seconds"]
+    assert out["reconciled"]
+    top = Retriever(settings, clients.milvus_store(settings)).search(words(2), k=1)[0]
+    assert top.source_uri == path_to_uri(src / "note 2.txt")
+    report = doc_report(settings, str(src / "note 2.txt"))
+    assert report["verdict"].startswith("searchable") and report["milvus_chunks"] == report["ledger_chunks"] > 0
+    assert report["ledger"]["upload_to_searchable_s"] > 0
+    missing = doc_report(settings, str(src / "never there.txt"))
+    assert missing["ledger"] is None and "no run has listed it" in missing["verdict"]

@@ -1,0 +1,400 @@
+"""The S3 event relay end to end: moto S3 -> bucket notification -> SNS topic -> HTTP subscription -> the relay in
+its own process -> the real Prefect API; and a deployment trigger turning a batch event into a flow run."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import boto3
+import httpx
+import pytest
+import yaml
+
+from millrace.config import Settings
+from millrace.eventlog import last_event
+from serving.emit import PrefectEmitter, build_batches
+from tests.conftest import ROOT, free_port
+from tests.millrace.test_s3events import make_signer, s3_record, sign
+
+pytestmark = pytest.mark.integration
+TOKEN = "relay-test-token-" + uuid.uuid4().hex
+KEYS = ["reports/Q1 budget (draft v2).pdf", "Übersicht Mai.docx", "a+b=c 100% #1.txt"]
+
+
+class Capture(BaseHTTPRequestHandler):
+    """A second SNS subscriber: keeps every envelope, so a test can deliver one again. Also serves files."""
+    bodies: list[dict] = []
+    files: dict[str, bytes] = {}
+    hits: list[str] = []
+
+    def do_POST(self):
+        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def do_GET(self):
+        type(self).hits.append(self.path)
+        body = type(self).files.get(self.path.split("?")[0])
+        self.send_response(200 if body is not None else 404)
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler) -> tuple[str, ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+def start_relay(home: Path, prefect_url: str, **env: str) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MILLRACE_RELAY_", "PREFECT_API_"))}
+    environ.update({"MILLRACE_HOME": str(home), "MILLRACE_RELAY_TOKEN": TOKEN, "PREFECT_API_URL": prefect_url,
+                    "MILLRACE_RELAY_DEBOUNCE_S": "0.5", "MILLRACE_RELAY_MAX_WAIT_S": "3", **env})
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "relay.log", "a") as out:  # a file, not a pipe nobody drains
+        proc = subprocess.Popen([sys.executable, "-m", "serving.relay", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the relay exited: {(home / 'relay.log').read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("the relay did not answer /health")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def post(url: str, body: bytes | dict, token: str | None = TOKEN, **kw) -> httpx.Response:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    params = {"token": token} if token else {}
+    return httpx.post(f"{url}/s3/events", content=raw, params=params, timeout=60,
+                      headers={"Content-Type": "text/plain; charset=UTF-8", **kw.pop("headers", {})}, **kw)
+
+
+def events(api: str, bucket: str) -> list[dict]:
+    page = httpx.post(f"{api}/events/filter", timeout=30, json={
+        "filter": {"resource": {"id": [f"s3.bucket.{bucket}"]}, "order": "ASC"}, "limit": 50})
+    page.raise_for_status()
+    return page.json()["events"]
+
+
+def wait_for(fn, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def world(prefect_api, moto_s3, tmp_path_factory):
+    """A relay, a capture subscriber, and a moto bucket whose notifications reach both through one SNS topic."""
+    home = tmp_path_factory.mktemp("relay-home")
+    relay, proc = start_relay(home, prefect_api)
+    capture, capture_server = serve(Capture)
+    aws = dict(endpoint_url=moto_s3, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    s3, sns = boto3.client("s3", **aws), boto3.client("sns", **aws)
+    bucket = f"relay-{uuid.uuid4().hex[:8]}"
+    topic = sns.create_topic(Name=bucket)["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{relay}/s3/events?token={TOKEN}")
+    sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{capture}/sns")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"TopicConfigurations": [
+        {"TopicArn": topic, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    yield dict(relay=relay, api=prefect_api, s3=s3, bucket=bucket, home=home, proc=proc)
+    stop(proc)
+    capture_server.shutdown()
+
+
+def names(found: list[dict], name: str) -> list[dict]:
+    return [e for e in found if e["event"] == name]
+
+
+def test_uploads_and_a_delete_become_object_events_in_few_batches(world):
+    s3, bucket, api = world["s3"], world["bucket"], world["api"]
+    with ThreadPoolExecutor(len(KEYS)) as pool:  # a burst: SNS delivers these concurrently
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), KEYS))
+    found = wait_for(lambda: (e := events(api, bucket)) and len(names(e, "s3.object.created")) >= 3 and e,
+                     "three s3.object.created events")
+    created = names(found, "s3.object.created")
+    assert sorted(e["payload"]["key"] for e in created) == sorted(KEYS)  # decoded: spaces, umlauts, + and %
+    for e in created:
+        key = e["payload"]["key"]
+        assert e["related"][0]["prefect.resource.id"] == f"s3.object.{bucket}/{key}"
+        assert e["related"][0]["prefect.resource.role"] == "object"
+        assert e["payload"]["size"] == len(key.encode()) and e["payload"]["etag"]
+    batches = wait_for(lambda: names(events(api, bucket), "s3.objects.changed"), "a batch event")
+    assert 1 <= len(batches) < len(KEYS)
+    assert sorted(k for b in batches for k in b["payload"]["created"]) == sorted(KEYS)
+    assert {e["payload"]["batch_id"] for e in created} == {b["payload"]["batch_id"] for b in batches}
+    settings = Settings(home=world["home"])
+    assert last_event(settings, bucket, KEYS[1])["event"] == "created"
+
+    s3.delete_object(Bucket=bucket, Key=KEYS[0])
+    removed = wait_for(lambda: names(events(api, bucket), "s3.object.removed"), "an s3.object.removed event")
+    assert [e["payload"]["key"] for e in removed] == [KEYS[0]]
+    batch = wait_for(lambda: [b for b in names(events(api, bucket), "s3.objects.changed") if b["payload"]["removed"]],
+                     "a batch with the removal")
+    assert batch[0]["payload"]["removed"] == [KEYS[0]] and batch[0]["payload"]["created"] == []
+    assert last_event(settings, bucket, KEYS[0])["event"] == "removed"
+
+
+def test_a_redelivered_message_emits_nothing_new_and_the_test_event_is_ignored(world):
+    relay, api, bucket = world["relay"], world["api"], world["bucket"]
+    key = "redelivered file.txt"
+    world["s3"].put_object(Bucket=bucket, Key=key, Body=b"x")
+    wait_for(lambda: [e for e in events(api, bucket) if e["payload"].get("key") == key], "the first delivery")
+    envelope = next(b for b in Capture.bodies if b.get("Type") == "Notification" and quote_plus(key) in b["Message"])
+    test_event = next(b for b in Capture.bodies if "s3:TestEvent" in b.get("Message", ""))
+    time.sleep(6)  # the event persister flushes every few seconds: count after it settled
+    before = events(api, bucket)
+    again = post(relay, envelope)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    ignored = post(relay, test_event)
+    assert ignored.status_code == 200 and ignored.json() == {"status": "ignored", "reason": "s3:TestEvent"}
+    time.sleep(6)
+    assert [e["id"] for e in events(api, bucket)] == [e["id"] for e in before]
+
+
+def test_copies_arriving_together_emit_once(world):
+    relay, api, bucket = world["relay"], world["api"], f"twice-{uuid.uuid4().hex[:6]}"
+    envelope = {"Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": "arn:aws:sns:us-east-1:1:t",
+                "Timestamp": "2026-11-21T10:00:00.000Z",
+                "Message": json.dumps({"Records": [s3_record("same.txt", bucket=bucket, sequencer="01")]})}
+    with ThreadPoolExecutor(3) as pool:  # SNS retried while the first attempt still waited for its flush
+        answers = list(pool.map(lambda _: post(relay, envelope), range(3)))
+    assert sorted(a.json()["status"] for a in answers) == ["duplicate", "duplicate", "emitted"]
+    wait_for(lambda: len(events(api, bucket)) >= 2, "the events")
+    time.sleep(6)
+    assert sorted(e["event"] for e in events(api, bucket)) == ["s3.object.created", "s3.objects.changed"]
+
+
+def test_requests_without_the_token_are_refused(world):
+    relay, test_event = world["relay"], {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "x"}
+    basic = base64.b64encode(f"sns:{TOKEN}".encode()).decode()
+    for attempt in (dict(token=None), dict(token="wrong"), dict(token=None, headers={"Authorization": "Bearer no"}),
+                    dict(token=None, headers={"X-Millrace-Token": TOKEN[:-1]}),
+                    dict(token=None, headers={"Authorization": "Basic " + base64.b64encode(b"a:b").decode()})):
+        refused = post(relay, test_event, **attempt)
+        assert refused.status_code == 401 and "token" in refused.json()["detail"], attempt
+    for accepted in (dict(), dict(token=None, headers={"Authorization": f"Bearer {TOKEN}"}),
+                     dict(token=None, headers={"X-Millrace-Token": TOKEN}),
+                     dict(token=None, headers={"Authorization": f"Basic {basic}"})):
+        assert post(relay, test_event, **accepted).status_code == 200, accepted
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[1]", b'{"Type": "Notification"}', b'{"Records": "x"}',
+                                  b'{"Type": "Notification", "MessageId": "m", "Message": "nope"}',
+                                  b'{"source": "aws.s3", "detail-type": "Object Created", "detail": 1}',
+                                  b'{"Type": [], "Records": [{"eventName": 5}]}'])
+def test_malformed_bodies_are_400_with_a_reason(world, body):
+    answer = post(world["relay"], body)
+    assert answer.status_code == 400 and answer.json()["detail"]
+
+
+def test_an_oversized_body_is_refused_before_parsing(world):
+    answer = post(world["relay"], b"{" + b" " * (1024 * 1024) + b"}")
+    assert answer.status_code == 413 and "MILLRACE_RELAY_MAX_BODY_BYTES" in answer.json()["detail"]
+
+
+def test_minio_and_eventbridge_bodies(world):
+    relay, api = world["relay"], world["api"]
+    bucket = f"other-{uuid.uuid4().hex[:6]}"
+    minio = {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/café notes.txt",
+             "Records": [s3_record("café notes.txt", "s3:ObjectCreated:Put", bucket=bucket,
+                                   encode=lambda k: quote_plus(k, safe=""))]}
+    assert post(relay, minio, token=None, headers={"Authorization": f"Bearer {TOKEN}"}).json()["status"] == "emitted"
+    bridge = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Deleted", "source": "aws.s3",
+              "time": "2026-11-21T10:00:00Z", "detail": {"bucket": {"name": bucket},
+                                                         "object": {"key": "old+report.pdf", "sequencer": "0B"}}}
+    assert post(relay, bridge, token=None, headers={"X-Millrace-Token": TOKEN}).json()["status"] == "emitted"
+    found = wait_for(lambda: (e := events(api, bucket)) and len(e) >= 4 and e, "four events")
+    assert {(e["event"], e["payload"].get("key")) for e in found} >= {
+        ("s3.object.created", "café notes.txt"), ("s3.object.removed", "old report.pdf")}
+
+
+def test_a_relay_that_cannot_reach_prefect_answers_503_and_remembers_nothing(tmp_path):
+    relay, proc = start_relay(tmp_path, f"http://127.0.0.1:{free_port()}/api",
+                              MILLRACE_RELAY_RETRY_DELAYS="[0.2, 0.4]", MILLRACE_RELAY_DEBOUNCE_S="0.1")
+    try:
+        envelope = {"Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": "arn:aws:sns:us-east-1:1:t",
+                    "Timestamp": "2026-11-21T10:00:00.000Z", "Message": json.dumps({"Records": [s3_record("k")]})}
+        for _ in range(2):  # not remembered as delivered: the second attempt is not a "duplicate"
+            started = time.monotonic()
+            answer = post(relay, envelope)
+            assert answer.status_code == 503, answer.text
+            assert "PREFECT_API_URL" in answer.json()["detail"] and "delivers again" in answer.json()["detail"]
+            assert time.monotonic() - started >= 0.3  # it retried with backoff before giving up
+        assert httpx.get(f"{relay}/health").json()["pending_changes"] == 0
+    finally:
+        stop(proc)
+    log = (tmp_path / "relay.log").read_text()
+    assert "giving up" in log and TOKEN not in log  # the token in the subscription URL is never logged
+
+
+def test_sns_signatures_and_subscription_confirmation(prefect_api, tmp_path):
+    site, server = serve(Capture)
+    key, pem = make_signer()
+    Capture.files["/cert.pem"], Capture.files["/confirm"] = pem, b"<ConfirmSubscriptionResponse/>"
+    relay, proc = start_relay(tmp_path, prefect_api, MILLRACE_RELAY_VERIFY_SNS="true",
+                              MILLRACE_RELAY_SNS_URL_PATTERN=r"^http://127\.0\.0\.1:\d+/")
+    cert_url, bucket = f"{site}/cert.pem", f"signed-{uuid.uuid4().hex[:6]}"
+    base = {"MessageId": str(uuid.uuid4()), "TopicArn": "arn:aws:sns:us-east-1:1:t",
+            "Timestamp": "2026-11-21T10:00:00.000Z"}
+    try:
+        confirmation = sign({**base, "Type": "SubscriptionConfirmation", "Token": "abc", "Message": "confirm me",
+                             "SubscribeURL": f"{site}/confirm?Token=abc"}, key, "2", cert_url)
+        assert post(relay, confirmation).json() == {"status": "confirmed"}
+        assert Capture.hits.count("/confirm?Token=abc") == 1
+        message = json.dumps({"Records": [s3_record("signed doc.pdf", bucket=bucket)]})
+        notification = sign({**base, "Type": "Notification", "Message": message}, key, "1", cert_url)
+        assert post(relay, notification).json()["status"] == "emitted"
+        wait_for(lambda: events(prefect_api, bucket), "the signed notification's events")
+        for bad in ({**notification, "Message": message.replace("signed", "forged")},
+                    {**notification, "Signature": "EXAMPLEpH+=="},
+                    sign({**base, "Type": "Notification", "Message": message}, make_signer()[0], "2", cert_url),
+                    sign({**base, "Type": "Notification", "Message": message}, key, "2",
+                         "https://attacker.example.com/cert.pem")):
+            rejected = post(relay, bad)
+            assert rejected.status_code == 403 and "signature" in rejected.json()["detail"].lower(), rejected.text
+        assert post(relay, sign({**base, "Type": "UnsubscribeConfirmation", "Token": "t", "Message": "bye",
+                                 "SubscribeURL": f"{site}/confirm"}, key, "2", cert_url)).status_code == 200
+        assert Capture.hits.count("/cert.pem") == 1  # fetched once, then cached
+        outside = sign({**base, "Type": "SubscriptionConfirmation", "Token": "x", "Message": "m",
+                        "SubscribeURL": "https://attacker.example.com/confirm"}, key, "2", cert_url)
+        assert post(relay, outside).status_code == 403
+    finally:
+        stop(proc)
+        server.shutdown()
+
+
+@pytest.mark.parametrize("token", [None, "short"])
+def test_the_relay_refuses_to_start_without_a_proper_token(tmp_path, token):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_RELAY_")}
+    env.update({"MILLRACE_RELAY_TOKEN": token} if token else {})
+    done = subprocess.run([sys.executable, "-m", "serving.relay", "--port", str(free_port())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "MILLRACE_RELAY_TOKEN" in done.stderr and "secrets.token_urlsafe" in done.stderr
+
+
+# How a deployment trigger in prefect.yaml passes the batch to the flow: proved against the real Prefect API.
+
+TRIGGER_YAML = """
+triggers:
+  - type: event
+    enabled: true
+    match:
+      prefect.resource.id: "s3.bucket.*"
+    expect:
+      - s3.objects.changed
+    parameters:
+      bucket: "{{ event.payload.bucket }}"
+      created: "{{ event.payload.created }}"
+      removed: "{{ event.payload.removed }}"
+"""
+# The explicit form of the same thing, for Prefect versions that render a bare "{{ ... }}" as a string.
+EXPLICIT_YAML = """
+triggers:
+  - type: event
+    match:
+      prefect.resource.id: "s3.bucket.*"
+    expect:
+      - s3.objects.changed
+    parameters:
+      bucket: "{{ event.payload.bucket }}"
+      created:
+        __prefect_kind: json
+        value:
+          __prefect_kind: jinja
+          template: "{{ event.payload.created | tojson }}"
+      removed:
+        __prefect_kind: json
+        value:
+          __prefect_kind: jinja
+          template: "{{ event.payload.removed | tojson }}"
+"""
+
+
+def s3_object(bucket: str, created: list[str] = [], removed: list[str] = []) -> None:  # noqa: B006
+    """The signature of flows/s3_object.py's flow: its schema makes the server check the parameters' types."""
+
+
+async def _prove(prefect_api: str, bucket: str, changes) -> list[dict]:
+    from prefect import flow
+    from prefect.cli.deploy._triggers import _create_deployment_triggers, _initialize_deployment_triggers
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.utilities.callables import parameter_schema
+
+    proof = flow(name=f"relay-proof-{uuid.uuid4().hex[:6]}")(s3_object)
+    schema = parameter_schema(s3_object).model_dump_for_openapi()
+    async with get_client() as client:
+        flow_id = await client.create_flow(proof)
+        ids = []
+        for spec in (TRIGGER_YAML, EXPLICIT_YAML):  # the path `prefect deploy` takes with a prefect.yaml
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", entrypoint="flows/s3_object.py:s3_object",
+                parameter_openapi_schema=schema, enforce_parameter_schema=True)
+            triggers = _initialize_deployment_triggers("s3-object", yaml.safe_load(spec)["triggers"])
+            await _create_deployment_triggers(client, deployment_id, triggers)
+            ids.append(deployment_id)
+        await asyncio.sleep(6)  # the triggers service picks up new automations within a few seconds
+        emitter = PrefectEmitter(prefect_api)
+        try:
+            await asyncio.to_thread(emitter.emit, [e for b in build_batches(bucket, changes) for e in b.events])
+        finally:
+            emitter.close()
+        runs: list = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(runs) < 2:
+            await asyncio.sleep(1)
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)))
+        for deployment_id in ids:
+            await client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+            await client.delete_deployment(deployment_id)
+        return [run.parameters for run in runs]
+
+
+def test_a_deployment_trigger_passes_the_batch_lists_to_the_flow(prefect_api):
+    from millrace.s3events import S3Change
+
+    bucket = f"proof-{uuid.uuid4().hex[:6]}"
+    created = ["Übersicht Mai.docx", 'a "quoted" {{ not.a.template }}.txt', "x'y <b>&amp;.pdf", "a, b.txt"]
+    changes = [S3Change(bucket=bucket, key=k, kind="created", message_id="proof", index=i)
+               for i, k in enumerate(created)]
+    changes.append(S3Change(bucket=bucket, key="gone.txt", kind="removed", message_id="proof", index=9))
+    parameters = asyncio.run(_prove(prefect_api, bucket, changes))
+    assert len(parameters) == 2, "the trigger did not create a flow run for each deployment"
+    for p in parameters:  # both forms: real lists of the exact keys, not their string rendering
+        assert p == {"bucket": bucket, "created": created, "removed": ["gone.txt"]}
+        assert isinstance(p["created"], list) and isinstance(p["removed"], list)
