@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"backfill": "ingest", "sync": "sync", "s3-object": "s3-object", "rebuild": "rebuild",
-            "evaluate": "evaluate"}
+            "rollback": "rollback", "evaluate": "evaluate"}
 
 
 @pytest.fixture(scope="module")
