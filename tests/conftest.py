@@ -91,6 +91,18 @@ def moto_s3():
         proc.wait(10)
 
 
+@pytest.fixture()
+def s3_env(moto_s3, monkeypatch):
+    """MILLRACE_S3_* pointing at the moto server for this test; a boto3 S3 client for it."""
+    import boto3
+
+    for key, value in {"MILLRACE_S3_ENDPOINT_URL": moto_s3, "MILLRACE_S3_KEY": "testing",
+                       "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    return boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                        region_name="us-east-1")
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """The real Milvus standalone server from the PyPI `milvus` package, once per session."""

@@ -227,31 +227,6 @@ def test_job_template_index_choices_are_millraces():
         assert defaults["milvus_metric"] in {"L2", "IP"}
 
 
-def test_job_template_is_accepted_by_prefect_kubernetes():
-    """With prefect-kubernetes installed (not a Millrace dependency): the real job configuration class renders the
-    template and prepares it for a flow run, keeping the secretKeyRef entries beside Prefect's own variables."""
-    worker = pytest.importorskip("prefect_kubernetes.worker", reason="prefect-kubernetes is not installed")
-    from uuid import uuid4
-
-    from prefect.client.schemas.objects import FlowRun
-
-    template = job_template()
-    default = worker.KubernetesWorker.get_default_base_job_template()
-    assert set(default["job_configuration"]) == set(template["job_configuration"])
-    assert set(default["variables"]["properties"]) <= set(template["variables"]["properties"])
-
-    class NoApi:
-        pass
-
-    config = asyncio.run(worker.KubernetesWorkerJobConfiguration.from_template_and_values(template, {},
-                                                                                          client=NoApi()))
-    config.prepare_for_flow_run(FlowRun(id=uuid4(), name="a-run", flow_id=uuid4()))
-    env = env_by_name(job_container(config.job_manifest)["env"])
-    assert "PREFECT__FLOW_RUN_ID" in env
-    assert env["MILLRACE_LEDGER_URL"]["valueFrom"]["secretKeyRef"]["key"] == "ledger-url"
-    assert env["MILLRACE_DASK_ADDRESS"]["value"] == variable_defaults(template)["dask_address"]
-
-
 # --- the Dask cluster for the dask-kubernetes operator ------------------------------------------------------------
 
 # The CRD fields the operator requires (dask/dask-kubernetes: dask_kubernetes/operator/customresources/templates.yaml

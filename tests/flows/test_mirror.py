@@ -238,16 +238,10 @@ def test_the_index_mirrors_the_folder_under_random_edits_names_scopes_and_faults
         os.environ.pop("MILLRACE_FAULT_DIR", None)
 
 
-def test_s3_keys_that_need_encoding_are_indexed_cited_and_deleted_by_a_named_run(moto_s3, settings, monkeypatch):
-    import boto3
-
+def test_s3_keys_that_need_encoding_are_indexed_cited_and_deleted_by_a_named_run(s3_env, settings):
     from millrace.sources import s3_event_key, s3_location, s3_uri
 
-    for key, value in {"MILLRACE_S3_ENDPOINT_URL": moto_s3, "MILLRACE_S3_KEY": "testing",
-                       "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = s3_env
     bucket = f"messy-{uuid.uuid4().hex[:6]}"
     s3.create_bucket(Bucket=bucket)
     keys = [f"in box/{name}" for name in MESSY[:6]]

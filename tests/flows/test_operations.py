@@ -25,17 +25,10 @@ def words(i: int) -> str:
 
 
 @pytest.fixture()
-def bucket(moto_s3, monkeypatch):
-    import boto3
-
-    for key, value in {"MILLRACE_S3_ENDPOINT_URL": moto_s3, "MILLRACE_S3_KEY": "testing",
-                       "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+def bucket(s3_env):
     name = f"ops-{uuid.uuid4().hex[:6]}"
-    s3.create_bucket(Bucket=name)
-    return s3, name
+    s3_env.create_bucket(Bucket=name)
+    return s3_env, name
 
 
 def test_an_event_batch_indexes_its_created_objects_deletes_its_removed_ones_and_touches_nothing_else(

@@ -309,19 +309,10 @@ def test_the_relay_refuses_to_start_without_a_proper_token(tmp_path, token):
 
 # How a deployment trigger in prefect.yaml passes the batch to the flow: proved against the real Prefect API.
 
-TRIGGER_YAML = """
-triggers:
-  - type: event
-    enabled: true
-    match:
-      prefect.resource.id: "s3.bucket.*"
-    expect:
-      - s3.objects.changed
-    parameters:
-      bucket: "{{ event.payload.bucket }}"
-      created: "{{ event.payload.created }}"
-      removed: "{{ event.payload.removed }}"
-"""
+# The trigger exactly as prefect.yaml declares it for the s3-object deployment.
+TRIGGER_YAML = yaml.safe_dump({"triggers": next(
+    d for d in yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
+    if d["name"] == "s3-object")["triggers"]})
 # The explicit form of the same thing, for Prefect versions that render a bare "{{ ... }}" as a string.
 EXPLICIT_YAML = """
 triggers:
