@@ -123,7 +123,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
             planning.forget_listing(ledger, run_id)
             raise
         finally:
-            create_markdown_artifact(key="quality-gates", markdown=quality_report(stats),
+            create_markdown_artifact(key="quality-gates", markdown=quality_report(stats, scope.describe()),
                                      description="Great Expectations results of this run's batches")
         for gone in planning.gone_pages(ledger, collection, run_id, scope):
             plan.gone += pipeline.remove_gone(store, ledger, collection, gone, run_id)

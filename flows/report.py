@@ -92,9 +92,9 @@ def ingest_report(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def quality_report(stats: RunStats) -> str:
+def quality_report(stats: RunStats, scope: str = "") -> str:
     processed = stats.indexed + stats.failed + stats.quarantined
-    lines = ["# Quality gates (Great Expectations)", "",
+    lines = ["# Quality gates (Great Expectations)", "", *([f"**Scope:** {scope}.", ""] if scope else []),
              f"{stats.quarantined} of {processed} processed documents quarantined.", "",
              "| expectation | column | failing batches | failing rows |", "|---|---|---:|---:|"]
     lines += [f"| {exp} | {col} | {b} | {rows} |" for (exp, col), (b, rows) in sorted(stats.quality.items())]
