@@ -26,6 +26,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,6 +113,14 @@ def milvus_server(tmp_path_factory):
     """The real Milvus standalone server from the PyPI `milvus` package, once per session."""
     from milvus import default_server
 
+    # The embedded etcd always binds 2379/2380: a Milvus standalone still running (the platform's, another
+    # session's) would make this one hang until its start-up timeout. Wait for it to go, then say which it is.
+    deadline = time.monotonic() + 120
+    while any(port_taken(p) for p in (2379, 2380)) and time.monotonic() < deadline:
+        time.sleep(1)
+    if any(port_taken(p) for p in (2379, 2380)):
+        pytest.fail("another Milvus standalone server holds etcd's ports 2379/2380; stop it (`make stop`, or the "
+                    "`milvus run standalone` process) and run the tests again", pytrace=False)
     default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
     default_server.listen_port = free_port()
     default_server.start()

@@ -89,7 +89,9 @@ def distinct_free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the platform's Milvus standalone must be gone before tests/flows starts its own (two Milvus
+# standalone servers cannot run at once here: both bind etcd's ports 2379/2380).
+@pytest.fixture(scope="package")
 def platform(tmp_path_factory, moto_s3):
     from millrace import platform as mp
     from millrace.procs import marked
@@ -114,7 +116,7 @@ def platform(tmp_path_factory, moto_s3):
         assert not left, f"processes left after stop: {[p.cmdline() for p in left]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def backfill(platform, request) -> dict:
     """One `ingest/backfill` run of the sample documents, triggered as an operator would, completed."""
     from millrace.samples import write_samples
