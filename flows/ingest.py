@@ -21,7 +21,6 @@ from prefect.utilities.annotations import quote
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import dask_task_runner
-from flows.slots import collection_slot
 from millrace import clients, pipeline, staging, versions
 from millrace import plan as planning
 from millrace.config import Settings
@@ -54,8 +53,7 @@ def ingest(
     overrides = {**(options or {}), **({"collection": collection} if collection else {})}
     settings = load_settings(**overrides)
     source, settings = with_prefix(source, prefix, settings)
-    with collection_slot(settings) as slot:
-        return run_ingest(source, settings, retry_failed, objects, since=epoch(since), waited_s=slot.waited_s)
+    return run_ingest(source, settings, retry_failed, objects, since=epoch(since))
 
 
 def with_prefix(source: str, prefix: str, settings: Settings) -> tuple[str, Settings]:
@@ -81,7 +79,7 @@ def epoch(when: date | datetime | None) -> float | None:
 
 def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
                objects: list[str] | None = None, *, since: float | None = None,
-               physical: str | None = None, waited_s: float = 0.0) -> dict[str, Any]:
+               physical: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     started = time.perf_counter()
     run_id = str(flow_run.get_id() or uuid.uuid4())
@@ -99,7 +97,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         ledger.start_run(collection, run_id, source, scope.model_dump())
         store = clients.milvus_store(settings)
         recovered = staging.recover(store, ledger, collection, run_id)
-        phases: dict[str, float] = {"wait_for_slot": waited_s, "wait_for_lease": lease.waited_s}
+        phases: dict[str, float] = {"wait_for_lease": lease.waited_s}
         t = time.perf_counter()
         version = pipeline.pipeline_version(settings)
         # Listed into the ledger and classified there, page by page: memory does not grow with the source.

@@ -17,7 +17,6 @@ from pydantic import Field
 from blocks import load_settings
 from flows.evaluate import EvaluationGateError
 from flows.ingest import ReconciliationError, run_ingest
-from flows.slots import collection_slot
 from millrace import clients, versions
 from millrace import evaluate as ev
 from millrace.config import ConfigError, Settings
@@ -135,7 +134,7 @@ def rebuild(
                  if v is not None}
     result: dict[str, Any] = {"collection": logical, "overrides": overrides, "swapped": False}
     # The whole rebuild holds the name's slot and lease: ingests triggered meanwhile wait, then write the new one.
-    with collection_slot(settings), Lease(clients.ledger(settings), logical, run_id, f"rebuild of {logical}",
+    with Lease(clients.ledger(settings), logical, run_id, f"rebuild of {logical}",
                                           settings.lease_ttl_s, settings.lease_wait_s, on_wait=log.warning):
         result["retired"] = versions.retire_expired(settings)
         old = result["old"] = versions.active_physical(settings)
@@ -189,7 +188,7 @@ def rollback(
     log = get_run_logger()
     settings = load_settings(**{**(options or {}), **({"collection": collection} if collection else {})})
     run_id, logical = str(flow_run.get_id() or uuid.uuid4()), settings.collection
-    with collection_slot(settings), Lease(clients.ledger(settings), logical, run_id, f"rollback of {logical}",
+    with Lease(clients.ledger(settings), logical, run_id, f"rollback of {logical}",
                                           settings.lease_ttl_s, settings.lease_wait_s, on_wait=log.warning):
         frm, to = versions.rollback(settings, grace_hours * 3600)
     log.info("%s: rolled back from %s to %s", logical, frm, to)

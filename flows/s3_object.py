@@ -10,7 +10,6 @@ from pydantic import Field
 
 from blocks import load_settings
 from flows.ingest import ingest, run_ingest
-from flows.slots import collection_slot
 from millrace.sources import route_keys
 
 
@@ -41,7 +40,6 @@ def s3_object(
         log.info("%d of %d keys lie outside the configured sources %s: ignored", ignored, len(keys), settings.sources)
     if len(routed) == 1:  # the usual case: one run, no child flow
         (source, rels), = routed.items()
-        with collection_slot(settings):
-            return [run_ingest(source, settings, objects=rels)]
+        return [run_ingest(source, settings, objects=rels)]
     return [ingest(source=source, objects=rels, collection=settings.collection, options=options)
             for source, rels in sorted(routed.items())]

@@ -34,11 +34,9 @@ def test_two_runs_at_once_serialize_on_the_lease_and_reconcile(tmp_path, milvus_
         assert p.returncode == 0, err[-3000:]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert all(s["reconciled"] and s["indexed"] == 6 for s in summaries)
-    # The second run waits, either for the collection's Prefect concurrency slot or, without one, for its lease.
-    waited = [s["phase_seconds"]["wait_for_slot"] + s["phase_seconds"]["wait_for_lease"] for s in summaries]
+    waited = [s["phase_seconds"]["wait_for_lease"] for s in summaries]
     logs = "".join(err + out for out, err in outs)
-    assert max(waited) > 1.0 and ("waiting for collection shared_c" in logs or "for collection shared_c: another run held"
-                                in logs)
+    assert max(waited) > 0 and "waiting for collection shared_c" in logs
     status = subprocess.run([str(Path(sys.executable).parent / "millrace"), "status", "--json", "--collection",
                              "shared_c"], env=env, capture_output=True, text=True, timeout=300)
     report = json.loads(status.stdout)
