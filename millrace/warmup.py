@@ -39,16 +39,28 @@ def warm_up(settings: Settings, extractor: bool = True) -> dict[str, float]:
     return took
 
 
-def warm_up_dim(settings: Settings) -> int:
-    """On each Dask worker (through Client.run, on the worker's main thread, as the JVM wants): warm up with the
-    run's settings (its model may differ from the worker's environment) and report the embedding dimension."""
+def _use_worker_threads(worker, settings: Settings) -> None:
+    """Outside a task (Client.run, a preload) get_worker() finds no worker, so the model would load on the one thread
+    OMP_NUM_THREADS=1 gives Dask workers, and keep it: set torch to the worker's threads before it loads."""
+    if worker is not None and not settings.embed_threads:
+        import torch
+
+        torch.set_num_threads(max(1, worker.state.nthreads))
+
+
+def warm_up_dim(settings: Settings, dask_worker=None) -> int:
+    """On each Dask worker (through Client.run, which passes `dask_worker`, on the worker's main thread, as the JVM
+    wants): warm up with the run's settings (its model may differ from the worker's environment); the dimension."""
     from millrace import clients
 
+    _use_worker_threads(dask_worker, settings)
     warm_up(settings)
     return clients.embedder(settings).dim
 
 
 def dask_setup(worker=None) -> None:
     """Dask's preload hook: warm the worker up from its MILLRACE_* environment as it starts."""
-    took = warm_up(load_settings())
+    settings = load_settings()
+    _use_worker_threads(worker, settings)
+    took = warm_up(settings)
     log.info("worker warmed up: %s", ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))

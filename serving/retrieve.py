@@ -24,7 +24,7 @@ class Retriever:
         self._given = store
         self._checked: set[str] = set()  # physical collections whose model matches their query embedder
         self._embedders: dict[str, tuple[Embedder, str]] = {}  # physical -> its pinned model's embedder and id
-        self.store = store  # the store of the last search
+        self.store: MilvusStore = store or self.resolve()  # the collection serving now; then, of the last search
 
     def resolve(self) -> MilvusStore:
         """The store of the physical collection serving `settings.collection` now."""
