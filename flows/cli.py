@@ -165,7 +165,16 @@ def cmd_rollback(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     return 0
 
 
-HANDLERS: dict[str, cli.Command] = {"ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench,
+def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    """The API (serving/): its own settings on top of the core's, Prefect blocks included when configured."""
+    from serving.config import load_serve_settings
+    from serving.server import serve
+
+    base = cli.settings_from(args, load)
+    return serve(load_serve_settings(**dict(base)), args.host, args.port)
+
+
+HANDLERS: dict[str, cli.Command] = {"serve": cmd_serve, "ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench,
                                     "rebuild": cmd_rebuild, "rollback": cmd_rollback}
 
 

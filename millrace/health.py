@@ -77,7 +77,8 @@ def work_pool(api_url: str, pool: str) -> str | None:
     return None if online else f"no ONLINE worker in pool {pool} yet"
 
 
-def relay(url: str) -> str | None:
+def http_ok(url: str) -> str | None:
+    """A service whose GET /health answers 200 when it is up (the relay, the API)."""
     answer = _get(f"{url}/health")
     if isinstance(answer, str):
         return answer

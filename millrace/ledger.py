@@ -268,6 +268,44 @@ class Ledger:
                  "milvus_count": r["milvus_count"], "ledger_count": r["ledger_count"],
                  "mismatched_docs": json.loads(r["mismatched"])} for r in rows]
 
+    def index_version(self, collection: str) -> str:
+        """Changes whenever a run of the collection starts or ends: what caches of its search results are keyed by."""
+        q = select(runs.c.id, runs.c.state).where(runs.c.collection == collection).order_by(runs.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return f"{row.id}.{row.state}" if row else "0"
+
+    def indexed_ids(self, collection: str, doc_ids: Iterable[str]) -> set[str]:
+        """Which of these documents the collection serves now (indexed, or failed with an older version kept)."""
+        ids = list(set(doc_ids))
+        if not ids:
+            return set()
+        q = select(documents.c.doc_id).where(documents.c.collection == collection, documents.c.doc_id.in_(ids),
+                                             documents.c.chunks > 0, documents.c.state != DocState.deleted.value)
+        with self.engine.connect() as conn:
+            return {r.doc_id for r in conn.execute(q)}
+
+    def freshness(self, collection: str, recent: int = 500) -> dict[str, float]:
+        """The last finished run's time, and upload-to-searchable percentiles of the recently indexed documents."""
+        with self.engine.connect() as conn:
+            last = conn.execute(select(func.max(runs.c.finished_at)).where(
+                runs.c.collection == collection, runs.c.state == "done")).scalar()
+            fresh = [r[0] for r in conn.execute(
+                select(documents.c.fresh_s).where(documents.c.collection == collection, documents.c.fresh_s > 0,
+                                                  documents.c.state == DocState.indexed.value)
+                .order_by(documents.c.indexed_at.desc()).limit(recent))]
+            indexed = conn.execute(select(func.count()).where(
+                documents.c.collection == collection, documents.c.state == DocState.indexed.value)).scalar_one()
+        out: dict[str, float] = {"indexed_documents": float(indexed)}
+        if last:
+            out["last_ingest_timestamp_seconds"] = float(last)
+            out["index_age_seconds"] = max(0.0, time.time() - float(last))
+        if fresh:
+            fresh.sort()
+            out["upload_to_searchable_p50_seconds"] = fresh[len(fresh) // 2]
+            out["upload_to_searchable_p95_seconds"] = fresh[min(len(fresh) - 1, int(0.95 * len(fresh)))]
+        return out
+
     def chunk_total(self, collection: str) -> int:
         """Chunks Milvus should hold: every document's served version, failed documents' previous ones included."""
         q = select(func.coalesce(func.sum(documents.c.chunks), 0)).where(

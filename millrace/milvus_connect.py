@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 
@@ -73,6 +75,20 @@ def pymilvus():
 LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 60_000}
 
 
+def owner_file(lite_uri: str) -> Path:
+    """Where a long-running opener of a Lite file (`millrace serve`) says who it is."""
+    return Path(f"{lite_uri}.owner.json")
+
+
+def _owner_note(lite_uri: str) -> str:
+    try:
+        owner = json.loads(owner_file(lite_uri).read_text())
+        os.kill(int(owner["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" It is held by `{owner.get('command')}` (pid {owner['pid']}, {owner.get('url', '')})."
+
+
 def connect(settings: Settings):
     """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
     MilvusClient = pymilvus().MilvusClient
@@ -88,7 +104,8 @@ def connect(settings: Settings):
             return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
         except MilvusException as exc:
             raise ConfigError(
-                f"cannot open Milvus Lite data {uri}: {exc.message}. Milvus Lite lets one process open its data; "
+                f"cannot open Milvus Lite data {uri}: {exc.message}.{_owner_note(uri)} Milvus Lite lets one process "
+                "open its data; "
                 "if another millrace process (a running ingest, a search) has it open, wait for it, or run a "
                 "Milvus server (`make server`) and set MILLRACE_MILVUS_URI=http://127.0.0.1:19530") from exc
 

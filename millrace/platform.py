@@ -41,7 +41,8 @@ def probes(ep: Endpoints) -> dict[str, tuple[Callable[[], str | None], list[str]
         "milvus": (lambda: health.milvus(ep.milvus_uri, ep.ports["milvus"]), ["milvus"]),
         "dask": (lambda: health.dask(ep.dask_address, ep.dask_workers), ["dask-scheduler", "dask-workers"]),
         "prefect-worker": (lambda: health.work_pool(ep.api_url, POOL), ["prefect-worker"]),
-        "relay": (lambda: health.relay(ep.relay_url), ["relay"]),
+        "relay": (lambda: health.http_ok(ep.relay_url), ["relay"]),
+        "api": (lambda: health.http_ok(ep.serve_url), ["api"]),
     }
 
 

@@ -22,7 +22,7 @@ POOL = "millrace"
 # Each port: its variable and default.
 PORTS = {"prefect": ("MILLRACE_PREFECT_PORT", 4200), "milvus": ("MILLRACE_MILVUS_PORT", 19530),
          "dask": ("MILLRACE_DASK_PORT", 8786), "dask-dashboard": ("MILLRACE_DASK_DASHBOARD_PORT", 8787),
-         "relay": ("MILLRACE_RELAY_PORT", 8900)}
+         "relay": ("MILLRACE_RELAY_PORT", 8900), "api": ("MILLRACE_SERVE_PORT", 8000)}
 # Inherited variables that would point the services away from this home (a test harness's database, a profile).
 DROPPED = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH",
            "PREFECT_PROFILE", "PREFECT_API_KEY", "MILLRACE_RELAY_TOKEN")
@@ -44,6 +44,7 @@ class Endpoints:
     dask_dashboard = property(lambda self: f"http://127.0.0.1:{self.ports['dask-dashboard']}/status")
     relay_url = property(lambda self: f"http://127.0.0.1:{self.ports['relay']}")
     token_file = property(lambda self: self.home / "relay.token")
+    serve_url = property(lambda self: f"http://127.0.0.1:{self.ports['api']}")
     logs = property(lambda self: self.home / "logs")
 
     def log(self, service: str) -> Path:
@@ -65,6 +66,8 @@ class Endpoints:
             f"{_n(self.dask_threads, 'thread')}; dashboard {self.dask_dashboard})",
             f"  S3 event relay  {self.relay_url}  (SNS subscription: {self.relay_url}/s3/events?token=<token>)",
             f"  relay token     {token}  (in {self.token_file})",
+            f"  search/answer   {self.serve_url}  (page at /, OpenAI base URL {self.serve_url}/v1; answers need "
+            "MILLRACE_LLM_URL set before `make server`)",
             f"  logs            {self.logs}/",
             f"  deployments     {', '.join(self.deployments) or '(none)'}  (work pool {POOL})",
             "Point your shell at it:", *(f"  {line}" for line in self.exports()),
@@ -115,7 +118,7 @@ def service_env(ep: Endpoints, extra: dict[str, str] | None = None) -> dict[str,
         "MILLRACE_HOME": str(ep.home), "MILLRACE_LOGS": str(ep.logs), "MILLRACE_REPO": str(REPO),
         "MILLRACE_PREFECT_PORT": str(ep.ports["prefect"]), "MILLRACE_SERVER_PORT": str(ep.ports["milvus"]),
         "MILLRACE_DASK_PORT": str(ep.ports["dask"]), "MILLRACE_DASK_DASHBOARD_PORT": str(ep.ports["dask-dashboard"]),
-        "MILLRACE_RELAY_PORT": str(ep.ports["relay"]),
+        "MILLRACE_RELAY_PORT": str(ep.ports["relay"]), "MILLRACE_SERVE_PORT": str(ep.ports["api"]),
         "MILLRACE_DASK_WORKERS": str(ep.dask_workers), "MILLRACE_DASK_THREADS": str(ep.dask_threads),
         "MILLRACE_WORKER_NAME": f"millrace-{socket.gethostname()}",
         # Flow runs use the standing services, not a Milvus Lite file and a LocalCluster of their own.

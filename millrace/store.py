@@ -17,6 +17,7 @@ from millrace.retry import with_retries
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
 SPARSE_FIELD = "sparse"  # BM25 term weights Milvus derives from `text` (a Function), for full-text and hybrid search
 ANALYZER = {"type": "english"}  # standard tokenizer, lowercase, English stemming and stop words
+HYBRID_CANDIDATES = 20  # per side of a hybrid search, at least (see search_many)
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
 # Byte limits of new collections; writes clip to the limits of the collection at hand (older ones: source_uri 2048).
 _LIMITS = {"text": 65535, "source_uri": 8192, "title": 1024}  # percent-encoded long names need the 8192
@@ -303,7 +304,9 @@ class MilvusStore:
         else:
             # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
             # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
-            fetch = min(3 * k, 16384) if group_by_doc else k
+            # Each side contributes candidates beyond k: with k candidates a side, a chunk ranked 1st by BM25 and
+            # absent from the dense list ties with the dense 1st absent from BM25's, and k=1 is a coin toss.
+            fetch = min(3 * k, 16384) if group_by_doc else min(max(2 * k, HYBRID_CANDIDATES), 16384)
             reqs = [mp.AnnSearchRequest(data=vectors, anns_field="vector", param=dense, limit=fetch, expr=expr or None),
                     mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
                                         limit=fetch, expr=expr or None)]

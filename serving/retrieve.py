@@ -42,6 +42,9 @@ class Retriever:
             return "hybrid" if (store or self.resolve()).has_full_text() else "dense"
         return mode
 
+    def query_embedder(self, physical: str) -> tuple[Embedder, str]:
+        return self._embedder(physical)
+
     def _embedder(self, physical: str) -> tuple[Embedder, str]:
         """The query embedder for a physical collection: a rebuild may have pinned another model for it."""
         if physical not in self._embedders:

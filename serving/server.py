@@ -1,0 +1,69 @@
+"""`millrace serve`: the API under uvicorn.
+
+On Milvus Lite this process owns the data file while it runs (Lite admits one opener); it writes who it is next to
+the file, so an ingest started beside it fails with an error naming it (millrace.milvus_connect). `make server` runs
+a Milvus server instead, where serving and ingests share the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable
+
+from millrace.milvus_connect import owner_file
+from serving.config import ServeSettings
+
+
+def claim_lite(settings: ServeSettings, url: str) -> Callable[[], None]:
+    """Say who holds the Lite file (read by the error an ingest beside us gets); returns the release."""
+    if not settings.milvus_is_lite:
+        return lambda: None
+    path = owner_file(settings.resolved_milvus_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "command": "millrace serve", "url": url}))
+
+    def release() -> None:
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    return release
+
+
+def serve(settings: ServeSettings, host: str | None = None, port: int | None = None, log_level: str = "info") -> int:
+    import uvicorn
+
+    from serving.app import create_app
+
+    host, port = host or settings.serve_host, port or settings.serve_port
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys and not settings.api_keys_block:
+        print(f"millrace serve: warning: listening on {host} without API keys (MILLRACE_API_KEYS): anyone who can "
+              "reach it can search and spend LLM time", file=sys.stderr)
+    url = f"http://{host}:{port}"
+    release = claim_lite(settings, url)
+    try:
+        print(f"Millrace API on {url}  (page: {url}/, OpenAI base URL: {url}/v1)", flush=True)
+        uvicorn.run(create_app(settings, on_stop=release), host=host, port=port, log_level=log_level,
+                    access_log=False, timeout_graceful_shutdown=10)
+    finally:
+        release()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from serving.config import load_serve_settings
+
+    p = argparse.ArgumentParser(prog="python -m serving.server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    args = p.parse_args(argv)
+    return serve(load_serve_settings(), args.host, args.port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
