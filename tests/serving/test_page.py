@@ -39,7 +39,8 @@ def test_ask_watch_the_answer_stream_and_open_a_citation(index, vllm_server, tmp
         page.wait_for_function("document.querySelectorAll('#citations li').length > 0")
         page.wait_for_function("!document.getElementById('send').disabled")
         lengths = [n for n in page.evaluate("window.seen") if n]
-        assert len(set(lengths)) > 3, lengths  # the answer grew delta by delta, not all at once
+        # The answer grew while it streamed, not once at the end (a loaded machine may deliver several deltas per read).
+        assert len(set(lengths)) >= 2, lengths
         assert page.locator("#passages li").count() == 3
         assert "employee-handbook.pdf" in page.inner_text("#passages")
         assert page.locator("#answer a.cite").count() >= 1
