@@ -270,6 +270,9 @@ class MilvusStore:
             self._call("drop_collection", self.collection)
         self._described = self._full_text = None
 
+    def _missing(self) -> ConfigError:
+        return ConfigError(f"collection {self.collection} does not exist: run `millrace ingest` first")
+
     def search(self, vector: Sequence[float] | np.ndarray, k: int = 10, expr: str = "", text: str | None = None,
                mode: str = "dense") -> list[Hit]:
         return self.search_many([vector], [text or ""], k, expr, mode)[0]
@@ -280,11 +283,11 @@ class MilvusStore:
         """Top-k chunks per query: `dense` (vectors), `bm25` (texts) or `hybrid` (both, fused by RRF).
 
         `group_by_doc` returns at most one chunk (the best) per document, for document-level ranking."""
-        if not self.exists():
-            raise ConfigError(f"collection {self.collection} does not exist: run `millrace ingest` first")
         if mode not in ("dense", "bm25", "hybrid"):
             raise ConfigError(f"unknown search mode {mode!r}: use dense, bm25 or hybrid")
         if mode != "dense" and not self.has_full_text():
+            if not self.exists():
+                raise self._missing()
             raise ConfigError(f"collection {self.collection} has no BM25 field, so {mode} search is impossible: it "
                               "was created before full-text indexing or on a Milvus < 2.5. Re-create it (ingest into a "
                               "new --collection) on Milvus Lite or Milvus >= 2.5")
@@ -295,23 +298,31 @@ class MilvusStore:
         # Searches need not wait for Strong consistency (counts and reconciliation do): on a server, Strong makes
         # every search wait for the next time tick, ~200 ms (bench/query.py measured 200 ms p50 at 10k rows).
         level = {"consistency_level": consistency or self.settings.search_consistency}
-        if mode == "dense":
-            res = self._call("search", self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
-                             output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
-        elif mode == "bm25":
-            res = self._call("search", self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k, filter=expr,
-                             output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"}, **group, **level)
-        else:
-            # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
-            # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
-            # Each side contributes candidates beyond k: with k candidates a side, a chunk ranked 1st by BM25 and
-            # absent from the dense list ties with the dense 1st absent from BM25's, and k=1 is a coin toss.
-            fetch = min(3 * k, 16384) if group_by_doc else min(max(2 * k, HYBRID_CANDIDATES), 16384)
-            reqs = [mp.AnnSearchRequest(data=vectors, anns_field="vector", param=dense, limit=fetch, expr=expr or None),
-                    mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
-                                        limit=fetch, expr=expr or None)]
-            res = self._call("hybrid_search", self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K), limit=fetch,
-                             output_fields=OUTPUT_FIELDS, **level)
+        # Whether the collection exists is asked only when a search fails: one round trip less on every search.
+        try:
+            if mode == "dense":
+                res = self._call("search", self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
+                                 output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
+            elif mode == "bm25":
+                res = self._call("search", self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k,
+                                 filter=expr, output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"},
+                                 **group, **level)
+            else:
+                # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
+                # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
+                # Each side contributes candidates beyond k: with k candidates a side, a chunk ranked 1st by BM25 and
+                # absent from the dense list ties with the dense 1st absent from BM25's, and k=1 is a coin toss.
+                fetch = min(3 * k, 16384) if group_by_doc else min(max(2 * k, HYBRID_CANDIDATES), 16384)
+                reqs = [mp.AnnSearchRequest(data=vectors, anns_field="vector", param=dense, limit=fetch,
+                                            expr=expr or None),
+                        mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
+                                            limit=fetch, expr=expr or None)]
+                res = self._call("hybrid_search", self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K),
+                                 limit=fetch, output_fields=OUTPUT_FIELDS, **level)
+        except Exception:
+            if not self.exists():
+                raise self._missing() from None
+            raise
         out = []
         for hits in res:
             found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), collection=self.collection,

@@ -182,7 +182,7 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
         checks, ok = {}, True
         try:
             checks["milvus"] = await gather_ready(svc.retrieval)
-        except (ServingError, Exception) as exc:
+        except Exception as exc:
             ok, checks["milvus"] = False, {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
         if svc.answers.llm is None:
             checks["llm"] = {"configured": False}
@@ -190,7 +190,7 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
             try:
                 await asyncio.wait_for(svc.answers.llm.ready(), timeout=settings.llm_connect_timeout_s + 2)
                 checks["llm"] = {"model": await svc.answers.llm.model()}
-            except (ServingError, Exception) as exc:
+            except Exception as exc:
                 ok, checks["llm"] = False, {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 

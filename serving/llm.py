@@ -39,6 +39,7 @@ class LLMClient:
                                       limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         self._model: str | None = settings.llm_model or None
         self._max_len: int | None = None
+        self._tokenize = True  # until the server shows it has no /tokenize (not vLLM): then estimate, without asking
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -65,7 +66,7 @@ class LLMClient:
             if not models:
                 raise ServingError(502, "llm_error", f"the LLM at {self.base} serves no model")
             self._model = str(models[0]["id"])
-            self._max_len = models[0].get("max_model_len")
+            self._max_len = models[0].get("max_model_len") or 0  # 0: the server does not say; asked once
         return self._model
 
     async def max_model_len(self) -> int | None:
@@ -83,12 +84,14 @@ class LLMClient:
     async def count_tokens(self, messages: list[dict[str, Any]]) -> int:
         """Prompt tokens as the server's tokenizer and chat template count them (vLLM /tokenize); a server without
         it gets an estimate of 4 characters a token, the usual English average."""
-        try:
-            r = await self.http.post("/tokenize", json={"model": await self.model(), "messages": messages})
-            if r.status_code == 200:
-                return int(r.json()["count"])
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
+        if self._tokenize:
+            try:
+                r = await self.http.post("/tokenize", json={"model": await self.model(), "messages": messages})
+                if r.status_code == 200:
+                    return int(r.json()["count"])
+                self._tokenize = r.status_code not in (404, 405)
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
         return sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8 * len(messages)
 
     async def stream(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> AsyncIterator[Delta]:

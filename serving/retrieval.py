@@ -99,7 +99,8 @@ class RetrievalService:
     async def embed(self, snap: Snapshot, query: str) -> np.ndarray:
         """The query vector with the model of the collection serving now; a model mismatch is refused (409)."""
         try:
-            await self._io(self.retriever.check_model, snap.store)
+            if not self.retriever.model_checked(snap.store):  # a thread hop only until it passed once
+                await self._io(self.retriever.check_model, snap.store)
         except ConfigError as exc:
             raise ServingError(409, "model_mismatch", str(exc)) from exc
         embedder, model = self.retriever.query_embedder(snap.store.collection)

@@ -54,6 +54,10 @@ class Retriever:
                                          (Embedder(pinned), model_id(pinned)))
         return self._embedders[physical]
 
+    def model_checked(self, store: MilvusStore) -> bool:
+        """Whether `check_model` already passed for this collection (then it does no I/O)."""
+        return store.collection in self._checked
+
     def check_model(self, store: MilvusStore | None = None) -> None:
         """Refuse to compare a query vector with vectors of another model: the scores would be meaningless, not an
         error anyone would notice. Collections from before models were recorded are taken on trust."""

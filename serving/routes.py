@@ -27,11 +27,7 @@ async def authorized(request: Request) -> str:
     svc = services(request)
     who = svc.keys.check(request.headers.get("authorization")) if svc.keys.enabled else (
         request.client.host if request.client else "anonymous")
-    if svc.limiter.limit:
-        if svc.limiter._redis is not None:
-            await to_thread.run_sync(svc.limiter.check, who)
-        else:
-            svc.limiter.check(who)
+    await svc.limiter.acheck(who)
     return who
 
 

@@ -83,6 +83,16 @@ class RateLimiter:
                 self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
             return count
 
+    async def acheck(self, who: str) -> None:
+        """`check` from the event loop: a Redis round trip goes to a worker thread."""
+        if not self.limit:
+            return
+        if self._redis is None:
+            return self.check(who)
+        from anyio import to_thread
+
+        await to_thread.run_sync(self.check, who)
+
     def check(self, who: str) -> None:
         """Counts one request of `who`; ServingError(429) with Retry-After once past the limit."""
         if not self.limit:
