@@ -6,6 +6,7 @@ response starts, so an unreachable or slow LLM is a plain 502/504, not a broken 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -21,6 +22,18 @@ from serving.metrics import Metrics, Timer
 from serving.prompt import fit
 from serving.retrieval import RetrievalService, Snapshot, request_key
 from serving.schemas import Answer, Citation, Filter, Passage
+
+
+# Words that never change what a question asks for: differences in them alone do not stop a semantic hit.
+_FILLER = frozenset("a an the of to in on at for by with and or do does did is are was were be been it its this that "
+                    "these those there".split())
+
+
+def content_words(text: str) -> list[str]:
+    """The question's words, ignoring case, punctuation, order and filler words. A semantic hit needs the same set:
+    MiniLM puts a claim and its opposite ("reduces" / "increases") at cosine 0.98-0.995, above any threshold that
+    still matches rewordings (bench/serve.py found 4 such wrong answers in 30), so the embedding alone cannot decide."""
+    return sorted({w for w in re.findall(r"\w+", text.lower()) if w not in _FILLER})
 
 
 @dataclass
@@ -66,7 +79,7 @@ class AnswerService:
         if mode != "bm25" or self.settings.semantic_cache:
             job.vector = await self.retrieval.embed(snap, query)
         if len(conversation) == 1 and job.vector is not None:  # a lone question: paraphrases may share an answer
-            job.scope = request_key("semantic", model, k, mode, filt, params)
+            job.scope = request_key("semantic", model, k, mode, filt, params, content_words(query))
             if (hit := await self.retrieval.semantic(snap, job.scope, job.vector)) is not None:
                 job.cached = self._answer(hit, snap, timer)
                 return job

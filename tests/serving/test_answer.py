@@ -143,6 +143,10 @@ def test_a_cache_hit_skips_milvus_and_the_llm(index, vllm_server):
         assert again["answer"] == paraphrase["answer"] == first["answer"]
         assert again["citations"] == first["citations"]
         assert _counts(url, vllm_server) == (searches, generations)
+        # The opposite question is close in embedding space but must never get this answer.
+        opposite = httpx.post(url + "/v1/answer", json={"query": QUESTION.replace("get", "lose")}, timeout=120).json()
+        assert not opposite["cached"]
+        searches, generations = _counts(url, vllm_server)
         stream = sse(httpx.post(url + "/v1/answer", json={"query": QUESTION, "stream": True}, timeout=120))
         assert json.loads(stream[-2][1])["cached"] and _counts(url, vllm_server) == (searches, generations)
 

@@ -51,3 +51,4 @@ def test_fit_drops_the_lowest_ranked_passages_then_cuts_the_last():
     with pytest.raises(ServingError) as err:
         asyncio.run(fit([{"role": "user", "content": "long " * 500}], passages, 10, words, window=size(3), tag="T"))
     assert err.value.status == 400 and "window" in err.value.message
+
