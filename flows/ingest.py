@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
 import time
@@ -10,6 +11,7 @@ from collections import deque
 from datetime import date, datetime, timezone
 from typing import Any
 
+from distributed import KilledWorker
 from prefect import flow, get_run_logger
 from pydantic import Field
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -21,12 +23,13 @@ from prefect.utilities.annotations import quote
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import dask_task_runner
-from millrace import clients, pipeline, staging, versions
+from millrace import clients, pipeline, staging, telemetry, versions
 from millrace import plan as planning
 from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.lease import Lease
 from millrace.quality import QualityGateError
+from millrace.records import BatchResult, Failure, SourceObject
 from millrace.warmup import warm_up, warm_up_dim
 from millrace.sources import canonical_source_uri
 from tasks.ingest import commit_run, list_source, process_batch, rollback_run, write_batch
@@ -101,8 +104,13 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         t = time.perf_counter()
         version = pipeline.pipeline_version(settings)
         # Listed into the ledger and classified there, page by page: memory does not grow with the source.
-        list_source(source, settings, run_id, scope)  # called, not submitted: listing runs here, no cluster needed
-        plan = planning.classify(ledger, collection, run_id, version, retry_failed, since=since)
+        try:  # called, not submitted: listing runs here, no cluster needed
+            list_source(source, settings, run_id, scope)
+            plan = planning.classify(ledger, collection, run_id, version, retry_failed, since=since)
+        except BaseException:  # e.g. S3 unreachable: nothing was changed, and the ledger says the run failed
+            ledger.set_run_state(run_id, "failed")
+            planning.forget_listing(ledger, run_id)
+            raise
         log.info("%d documents in %s: %d to process, %d unchanged, %d waiting to retry", plan.seen,
                  scope.describe(), plan.todo, plan.skipped, plan.waiting)
         phases["plan"] = time.perf_counter() - t
@@ -180,23 +188,44 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
     batches = enumerate((b for page in planning.todo_pages(ledger, settings.collection, plan)
                          for b in pipeline.make_batches(page, per_batch)), start=1)
     in_flight: deque = deque()
+    # Halves of batches whose worker process kept dying, with the deaths so far: they go before new batches, so the
+    # window stays bounded and a poison document is cornered while its batch-mates wait.
+    split: deque = deque()
+    numbers = itertools.count(total + 1)
     progress = create_progress_artifact(0.0, description=f"batches of {plan.todo} documents: 0/{total}")
 
     def submit_next() -> None:
-        if (nxt := next(batches, None)) is not None:
-            i, batch = nxt
-            reuse = store.vectors_by_hash([o.doc_id for o in batch if o.doc_id in plan.reusable])
-            params = {"batch_no": i, "batches": max(i, total), "objects": batch, "source": source,
-                      "settings": settings, "reuse": reuse}
-            # In this process a batch is a direct task call, run when its turn comes (below).
-            in_flight.append((i, submit(process_batch, params) if submit else params))
+        if split:
+            i, batch, died = split.popleft()
+        elif (nxt := next(batches, None)) is not None:
+            (i, batch), died = nxt, 0
+        else:
+            return
+        reuse = store.vectors_by_hash([o.doc_id for o in batch if o.doc_id in plan.reusable])
+        params = {"batch_no": i, "batches": max(i, total), "objects": batch, "source": source,
+                  "settings": settings, "reuse": reuse, "trace": telemetry.carrier()}
+        # In this process a batch is a direct task call, run when its turn comes (below).
+        in_flight.append((i, batch, died, submit(process_batch, params) if submit else params))
 
     for _ in range(max(2, 2 * slots) if submit else 1):
         submit_next()
     done = 0
     while in_flight:
-        i, pending = in_flight.popleft()
-        result = pending.result() if submit else process_batch(**pending)
+        i, batch, died, pending = in_flight.popleft()
+        try:
+            result = pending.result() if submit else process_batch(**pending)
+        except KilledWorker as exc:  # every worker that ran it died (a JVM crash, OOM): one document is the cause
+            died += exc.allowed_failures + 1
+            if len(batch) > 1:
+                half = len(batch) // 2
+                split.extendleft([(next(numbers), batch[half:], died), (next(numbers), batch[:half], died)])
+                total += 1
+                log.warning("batch %d: its worker process died %d times; splitting it to find the document that "
+                            "kills it", i, died)
+                del pending
+                submit_next()
+                continue
+            result = worker_lost(batch[0], died)
         del pending
         submit_next()
         stats.add(result)
@@ -206,7 +235,9 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
                 f"{settings.max_quarantined_fraction:.0%}); the run stopped and rolled back, nothing was "
                 "changed. See the quality-gates artifact")
         lease.check()
+        t_write = time.perf_counter()
         stats.chunks_written += write_batch(i, max(i, total), quote(result), settings, run_id, version)
+        stats.stage_seconds["write"] = round(stats.stage_seconds.get("write", 0.0) + time.perf_counter() - t_write, 3)
         done += len(result.documents) + len(result.failures)
         del result
         update_progress_artifact(progress, 100.0 * done / max(plan.todo, 1),
@@ -214,6 +245,15 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
         log.info("batch %d/%d staged: %d documents indexed, %d failed, %d quarantined so far", i, total,
                  stats.indexed, stats.failed, stats.quarantined)
     phases["process_and_write"] = time.perf_counter() - t
+
+
+def worker_lost(obj: SourceObject, died: int) -> BatchResult:
+    """A document that kills every worker process it runs in: a transient failure, so later runs retry it (backing
+    off) while its previous version, if any, stays served; its batch-mates were indexed without it."""
+    return BatchResult(failures=[Failure(
+        doc_id=obj.doc_id, source_uri=obj.uri, fingerprint=obj.fingerprint, stage="extract", reason="worker_lost",
+        detail=f"its worker process died {died} times while processing it alone or in its batch (a JVM crash or "
+               "out of memory?)")])
 
 
 def peak_rss_mb() -> float:

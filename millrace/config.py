@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     # extraction of that document fail with that reason, once. Empty in production.
     fault_dir: str = ""
 
+    # Observability (millrace.telemetry, millrace.logs). traces: auto = OTLP/HTTP when an endpoint is configured
+    # (otlp_endpoint, or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else JSON lines in <home>/traces; file | otlp | off.
+    traces: str = "auto"
+    otlp_endpoint: str = ""  # a collector's base URL (http://collector:4318) or its /v1/traces URL
+    traces_max_mb: float = 20.0  # the trace file rotates at this size; three old files are kept
+    # text: Prefect's and the terminal's usual lines; json: one object a line with trace_id/span_id/run_id, for a log
+    # pipeline (Loki, Elasticsearch) that joins logs to traces. Text by default: people read the CLI and the
+    # Prefect UI, where JSON is noise; the container images opt in.
+    log_format: str = "text"
+
     @property
     def milvus_is_lite(self) -> bool:
         return not self.milvus_uri or not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))

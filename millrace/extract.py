@@ -6,6 +6,7 @@ import atexit
 import glob
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from millrace.config import ConfigError, Settings
 from millrace.records import Document, SourceObject
 from millrace.retry import TransientError, is_transient, with_retries
 from millrace.sources import display_name
-from millrace.xhtml import xhtml_to_pages
+from millrace.xhtml import XhtmlError, scrub, xhtml_to_pages
 
 TIKA_VERSION = "3.3.1"
 
@@ -46,31 +47,57 @@ def find_tika_jar(settings: Settings) -> Path:
                       "to a tika-app 3.x jar, or MILLRACE_TIKA_ENDPOINT to a tika-server")
 
 
+_LINE_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+
+def _field(value: Any, limit: int) -> str:
+    """A metadata value as one bounded line: the first non-empty of a list (a tika-server's JSON may carry lists,
+    numbers, null), control characters and line breaks made single spaces."""
+    if isinstance(value, (list, tuple)):
+        value = next((v for v in (_field(x, limit) for x in value) if v), "")
+    if value is None or isinstance(value, (dict, bool)):
+        return ""
+    try:
+        text = value[: limit * 4] if isinstance(value, str) else str(value)[:limit]
+    except ValueError:  # an int beyond str()'s 4300 digits
+        return ""
+    return scrub(_LINE_BREAKS.sub(" ", text)).strip()[:limit].strip()
+
+
+def _page_count(value: Any) -> int:
+    text = _field(value, 32).split(",")[0].strip()
+    # ASCII digits only: "²".isdigit() is true and int() refuses it; a count beyond any real document is noise.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+
+
 def _title(meta: dict[str, Any], obj: SourceObject) -> str:
-    title = meta.get("dc:title") or meta.get("title") or ""
-    if isinstance(title, list):
-        title = title[0] if title else ""
-    return str(title).strip() or display_name(obj.uri)
+    return _field(meta.get("dc:title"), 500) or _field(meta.get("title"), 500) or _field(display_name(obj.uri), 500)
 
 
 def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, Any]) -> Document:
     """Shared by both backends: XHTML + metadata -> Document, or ExtractError when there is no text."""
-    pages = xhtml_to_pages(xhtml)
-    content_type = str(meta.get("Content-Type", "")).split(";")[0].strip()
+    try:
+        pages = xhtml_to_pages(xhtml)
+    except XhtmlError as exc:
+        raise ExtractError("corrupt", str(exc)) from None
+    content_type = _field(meta.get("Content-Type"), 1000).split(";")[0].strip()[:255]
     if not any(p.text for p in pages):
-        if "EmptyParser" in str(meta.get("X-TIKA:Parsed-By", "")) or content_type == "application/octet-stream":
+        parsed_by = meta.get("X-TIKA:Parsed-By")
+        parsed_by = parsed_by if isinstance(parsed_by, list) else [parsed_by]
+        if any("EmptyParser" in _field(p, 1000) for p in parsed_by) or content_type == "application/octet-stream":
             raise ExtractError("unsupported", f"no Tika parser for content type {content_type or 'unknown'}")
         hint = " (image-only or scanned? OCR is off)" if content_type.startswith(("application/pdf", "image/")) else ""
         raise ExtractError("no_text", f"{content_type}: no extractable text{hint}")
     page_count = meta.get("xmpTPg:NPages") or meta.get("meta:page-count") or meta.get("meta:slide-count") or 0
-    keep = {k: v for k, v in meta.items() if k in ("dc:creator", "dcterms:created", "dcterms:modified",
-                                                       "Content-Encoding", "dc:subject")}
+    keep = {k: ", ".join(filter(None, (_field(x, 500) for x in v))) if isinstance(v, list) else v
+            for k, v in meta.items() if k in ("dc:creator", "dcterms:created", "dcterms:modified",
+                                              "Content-Encoding", "dc:subject")}
     return Document(
         doc_id=obj.doc_id, source_uri=obj.uri, fingerprint=obj.fingerprint,
         content_hash=hashlib.sha256(data).hexdigest(), content_type=content_type,
-        title=_title(meta, obj)[:500], language=str(meta.get("dc:language", "") or "")[:16],
-        page_count=int(str(page_count).split(",")[0] or 0) if str(page_count).split(",")[0].isdigit() else 0,
-        pages=[p for p in pages if p.text], metadata={k: str(v)[:500] for k, v in keep.items()},
+        title=_title(meta, obj), language=_field(meta.get("dc:language"), 16),
+        page_count=_page_count(page_count),
+        pages=[p for p in pages if p.text], metadata={k: _field(v, 500) for k, v in keep.items()},
     )
 
 
@@ -147,7 +174,25 @@ _JAVA_REASONS = {
     "EncryptedDocumentException": "encrypted",
     "UnsupportedFormatException": "unsupported",
     "WriteLimitReachedException": "too_large",
+    # A document that needs more than the heap (-Xmx tika_heap) or a nesting deeper than the parser's stack: the
+    # JVM survives both (the parse is unwound), so they are this document's reason, not a dead worker.
+    "OutOfMemoryError": "too_large",
+    "StackOverflowError": "too_large",
 }
+
+
+def _java_reason(exc) -> str:
+    """The reason for a Java exception, looking through its causes: Tika wraps its zip-bomb check
+    (SecureContentHandler: "Suspected zip bomb") and the write limit in TikaException."""
+    seen = 0
+    while exc is not None and seen < 20:
+        name = type(exc).__name__.rsplit(".", 1)[-1]
+        if name in _JAVA_REASONS:
+            return _JAVA_REASONS[name]
+        if "zip bomb" in str(exc).lower():
+            return "too_large"
+        exc, seen = exc.getCause() if hasattr(exc, "getCause") else None, seen + 1
+    return "corrupt"
 
 
 class TikaJvmExtractor:
@@ -168,6 +213,10 @@ class TikaJvmExtractor:
         from org.apache.tika.sax import ToXMLContentHandler, WriteOutContentHandler
 
         Thread.currentThread().setContextClassLoader(parser.getClass().getClassLoader())
+        if self.settings.fault_dir:  # test-only fault injection, in this timed thread (millrace.pipeline.jvm_fault)
+            from millrace.pipeline import jvm_fault
+
+            jvm_fault(obj.doc_id, self.settings)
         md = Metadata()
         # The decoded name: Tika detects types by extension, and `%20report.pdf` is no name anyone gave a file.
         md.set(TikaCoreProperties.RESOURCE_NAME_KEY, display_name(obj.uri))
@@ -212,7 +261,7 @@ class TikaJvmExtractor:
                 raise RuntimeError(f"Tika is unusable here: {type(exc).__name__}: {exc}") from exc
             name = type(exc).__name__.rsplit(".", 1)[-1]
             detail = str(exc).splitlines()[0][:300] if str(exc) else name
-            raise ExtractError(_JAVA_REASONS.get(name, "corrupt"), detail) from None
+            raise ExtractError(_java_reason(exc), detail) from None
         xhtml, meta = result["value"]
         return build_document(obj, data, xhtml, meta)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from millrace import clients
+from millrace import clients, telemetry
 from millrace.config import Settings
 from millrace.embed import model_id
 from millrace.extract import ExtractError
@@ -48,15 +48,38 @@ def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_byt
     return batches
 
 
+# Test-only faults that act through the real JVM, inside Tika's timed parse thread (see jvm_fault).
+JVM_FAULTS = ("hang", "jvm_exit")
+
+
 def _injected_fault(obj: SourceObject, settings: Settings) -> None:
     """Test-only: a file <fault_dir>/<doc_id> makes this document's next extraction fail with its reason, once."""
     marker = Path(settings.fault_dir) / obj.doc_id
     try:
         reason = marker.read_text().strip() or "timeout"
+        if reason in JVM_FAULTS:  # left for jvm_fault, inside the parse
+            return
         marker.unlink()
     except FileNotFoundError:  # none, or another worker took it
         return
     raise ExtractError(reason, "injected fault")
+
+
+def jvm_fault(doc_id: str, settings: Settings) -> None:
+    """Test-only, called by the Tika extractor in its parse thread: "hang" sleeps in Java past the parse timeout,
+    "jvm_exit" halts the JVM, which takes its process with it as a JVM crash would. Both persist until the test
+    removes the marker: a process cannot reliably consume the marker of a fault that kills it, and a poison
+    document is poison on every attempt."""
+    try:
+        kind = (Path(settings.fault_dir) / doc_id).read_text().strip()
+    except FileNotFoundError:
+        return
+    from java.lang import Runtime, Thread
+
+    if kind == "hang":  # bounded, so the abandoned thread ends before its process does (see _drain_parses)
+        Thread.sleep(int(settings.parse_timeout_s * 1000) + 5000)
+    elif kind == "jvm_exit":
+        Runtime.getRuntime().halt(134)
 
 
 def extract(obj: SourceObject, data: bytes, settings: Settings):
@@ -64,7 +87,10 @@ def extract(obj: SourceObject, data: bytes, settings: Settings):
         _injected_fault(obj, settings)
     if obj.media_type == RECORD_MEDIA_TYPE:
         return record_document(obj, data)
-    return clients.extractor(settings).extract(obj, data)
+    with telemetry.span("tika.extract", doc_id=obj.doc_id, bytes=len(data)) as span:
+        doc = clients.extractor(settings).extract(obj, data)
+        span.set_attribute("millrace.content_type", doc.content_type)
+        return doc
 
 
 def process_batch(objects: list[SourceObject], source_uri: str, settings: Settings,
@@ -75,7 +101,7 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
     `reuse` maps content hashes to vectors the index already holds for this model: those chunks skip the model.
     Text that fails the text expectations is quarantined before embedding, so it never costs a forward pass."""
     source = clients.source(source_uri, settings)
-    chunker, embedder = clients.chunker(settings), clients.embedder(settings)
+    chunker = clients.chunker(settings)
     result = BatchResult()
     timings = {"read": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0, "quality": 0.0}
     for obj in objects:
@@ -110,6 +136,8 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
         result.chunks.extend(chunks)
         summary = DocSummary.model_validate(doc.model_dump(include=set(DocSummary.model_fields)))
         result.documents.append(summary.model_copy(update={"chunks": len(chunks), "modified": obj.modified}))
+    # Loaded after extraction: a worker restarted under a document that kills it dies before paying for it.
+    embedder = clients.embedder(settings)
     max_chars = settings.chunk_size * 40
     t = time.perf_counter()
     quality = apply_gate(result, embedder.dim, max_chars, phase="text").expectations
@@ -117,7 +145,9 @@ def process_batch(objects: list[SourceObject], source_uri: str, settings: Settin
     t = time.perf_counter()
     reuse = reuse or {}
     todo = [c for c in result.chunks if c.content_hash not in reuse]
-    for chunk, vector in zip(todo, embedder.encode([c.text for c in todo])):
+    with telemetry.span("embed", chunks=len(todo), reused=len(result.chunks) - len(todo)):
+        vectors = embedder.encode([c.text for c in todo])
+    for chunk, vector in zip(todo, vectors):
         chunk.vector = vector
     for chunk in result.chunks:
         if chunk.vector is None:

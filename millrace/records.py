@@ -10,9 +10,10 @@ import numpy as np
 from pydantic import BaseModel, Field, PlainSerializer, PlainValidator
 
 # Failures that can succeed next time without the document changing: later runs retry them on their own, backing
-# off across runs. Every other reason (encrypted, corrupt, empty, no_text, unsupported, too_large, the quality
+# off across runs. "worker_lost": the worker process died (JVM crash, OOM) every time it held the document alone.
+# Every other reason (encrypted, corrupt, empty, no_text, unsupported, too_large, the quality
 # codes) is permanent: retried only when the document changes or with --retry-failed.
-TRANSIENT_REASONS = frozenset({"timeout", "unreachable", "io"})
+TRANSIENT_REASONS = frozenset({"timeout", "unreachable", "io", "worker_lost"})
 
 
 def doc_id_for(uri: str) -> str:

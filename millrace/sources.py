@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote, unquote_plus, unquote_to_bytes, urlspli
 
 from millrace.config import ConfigError, Settings
 from millrace.records import SourceObject
-from millrace.retry import exception_chain, with_retries
+from millrace.retry import exception_chain, is_transient, with_retries
 
 log = logging.getLogger("millrace")
 
@@ -237,7 +237,16 @@ class S3Source:
             raise
 
     def list(self) -> Iterator[SourceObject]:
-        found = with_retries(self._find, self.settings.retry_delays, what=f"list {self.uri}")
+        try:
+            found = with_retries(self._find, self.settings.retry_delays, what=f"list {self.uri}")
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            endpoint = self.settings.s3_endpoint_url or "AWS S3"
+            raise SourceUnavailable(
+                f"cannot list {self.uri} at {endpoint} after {len(self.settings.retry_delays) + 1} tries "
+                f"({type(exc).__name__}: {str(exc)[:200]}); nothing was changed: run again when S3 answers "
+                "(MILLRACE_RETRY_DELAYS sets how long a run waits)") from exc
         yield from self._objects(found)
 
     def named(self, rels: list[str]) -> Iterator[SourceObject]:
@@ -268,8 +277,47 @@ class S3Source:
 
     def read(self, obj: SourceObject) -> bytes:
         bucket, key = s3_location(obj.uri)
-        return with_retries(lambda: self.fs.cat_file(f"{bucket}/{key}"), self.settings.retry_delays,
-                            what=f"read {obj.uri}")
+        return with_retries(lambda: self._get(bucket, key, obj), self.settings.retry_delays, what=f"read {obj.uri}")
+
+    def _get(self, bucket: str, key: str, obj: SourceObject) -> bytes:
+        """The object as it was listed, in one GET with If-Match on the listed ETag. Without it an overwrite
+        between listing and reading put the new content in the index under the old ETag (so a later overwrite back
+        to the old content was never read again), and s3fs's ranged reads of a large object could mix versions."""
+        from fsspec.asyn import sync
+
+        etag = obj.fingerprint if obj.fingerprint not in ("", "None", str(obj.size)) else ""
+        match = {"IfMatch": f'"{etag}"'} if etag else {}
+
+        async def get() -> bytes:
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **match)
+            try:
+                return await response["Body"].read()
+            finally:
+                response["Body"].close()
+
+        try:
+            return sync(self.fs.loop, get)
+        except OSError as exc:
+            if etag and any("PreconditionFailed" in f"{type(link).__name__} {link}" or
+                            _http_code(link) == 412 for link in exception_chain(exc)):
+                raise ObjectChanged(f"{obj.uri} changed since it was listed (its ETag is no longer {etag}); the "
+                                    "next run reads the new version") from exc
+            raise
+
+
+class SourceUnavailable(RuntimeError):
+    """The source did not answer through all the retries: the run stops before changing anything."""
+
+
+class ObjectChanged(RuntimeError):
+    """An object was overwritten between listing and reading: not retried now (the listing is stale), a transient
+    read failure that the next run, listing again, resolves."""
+
+
+def _http_code(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return ((response or {}).get("ResponseMetadata") or {}).get("HTTPStatusCode") if isinstance(response, dict) \
+        else None
 
 
 def _timestamp(value) -> float:

@@ -12,7 +12,7 @@ from millrace.config import ConfigError, Settings
 from millrace.milvus_connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
                                      SERVER_INDEXES, choose_index, connect, pymilvus)
 from millrace.records import Chunk, Hit
-from millrace.retry import with_retries
+from millrace.retry import is_transient, with_retries
 
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
 SPARSE_FIELD = "sparse"  # BM25 term weights Milvus derives from `text` (a Function), for full-text and hybrid search
@@ -21,6 +21,10 @@ HYBRID_CANDIDATES = 20  # per side of a hybrid search, at least (see search_many
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
 # Byte limits of new collections; writes clip to the limits of the collection at hand (older ones: source_uri 2048).
 _LIMITS = {"text": 65535, "source_uri": 8192, "title": 1024}  # percent-encoded long names need the 8192
+class MilvusUnavailable(RuntimeError):
+    """A Milvus call failed transiently through every retry (the server is down or restarting)."""
+
+
 def _clip(value: str, max_bytes: int) -> str:
     raw = value.encode("utf-8", "replace")
     return value if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
@@ -56,8 +60,18 @@ class MilvusStore:
     def _call(self, op: str, *args, **kwargs):
         """One Milvus call through the one retry layer (pymilvus' own retries off, see NO_CLIENT_RETRY)."""
         method = getattr(self.client, op)
-        return with_retries(lambda: method(*args, **kwargs, **NO_CLIENT_RETRY), self.settings.retry_delays,
-                            what=f"Milvus {op} on {self.collection}")
+        try:
+            return with_retries(lambda: method(*args, **kwargs, **NO_CLIENT_RETRY), self.settings.retry_delays,
+                                what=f"Milvus {op} on {self.collection}")
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Said once, in words, instead of pymilvus' "illegal connection params or server unavailable".
+            raise MilvusUnavailable(
+                f"Milvus at {self.settings.resolved_milvus_uri} did not answer `{op}` on {self.collection} after "
+                f"{len(self.settings.retry_delays) + 1} tries ({type(exc).__name__}: {str(exc)[:200]}). What this "
+                "run staged is rolled back now or by the next run; run again when Milvus is up "
+                "(MILLRACE_RETRY_DELAYS sets how long a run waits)") from exc
 
     def describe(self) -> dict:
         if self._described is None:

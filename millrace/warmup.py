@@ -51,8 +51,11 @@ def _use_worker_threads(worker, settings: Settings) -> None:
 def warm_up_dim(settings: Settings, dask_worker=None) -> int:
     """On each Dask worker (through Client.run, which passes `dask_worker`, on the worker's main thread, as the JVM
     wants): warm up with the run's settings (its model may differ from the worker's environment); the dimension."""
-    from millrace import clients
+    from millrace import clients, logs, telemetry
 
+    # Tracing first: the worker's spans must carry its own service name, set before any task span can start.
+    telemetry.setup("millrace-worker", settings)
+    logs.configure(settings)
     _use_worker_threads(dask_worker, settings)
     warm_up(settings)
     return clients.embedder(settings).dim
@@ -60,7 +63,11 @@ def warm_up_dim(settings: Settings, dask_worker=None) -> int:
 
 def dask_setup(worker=None) -> None:
     """Dask's preload hook: warm the worker up from its MILLRACE_* environment as it starts."""
+    from millrace import logs, telemetry
+
     settings = load_settings()
+    telemetry.setup("millrace-worker", settings)
+    logs.configure(settings)
     _use_worker_threads(worker, settings)
     took = warm_up(settings)
     log.info("worker warmed up: %s", ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))

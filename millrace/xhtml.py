@@ -27,10 +27,8 @@ class _PageCollector(HTMLParser):
             return
         if tag == "div":
             if _PAGE_CLASSES & set((dict(attrs).get("class") or "").split()):
-                if not self.paged and not "".join(self.pages[-1]).strip():
-                    self.pages[-1] = []  # text before the first page marker is usually empty
-                else:
-                    self.pages.append([])
+                # Text before the first marker (rare) stays page 0, so the n-th marker is always page n.
+                self.pages.append([])
                 self.paged = True
                 return
         if tag in ("td", "th"):
@@ -39,8 +37,10 @@ class _PageCollector(HTMLParser):
             self.pages[-1].append("\n")
 
     def handle_startendtag(self, tag, attrs):
-        if tag == "br":
-            self.pages[-1].append("\n")
+        # Tika writes empty elements self-closed: an empty <div class="page"/> is still a page, <p/> still a break.
+        self.handle_starttag(tag, attrs)
+        if tag not in _SKIP:
+            self.handle_endtag(tag)
 
     def handle_endtag(self, tag):
         if tag in _SKIP:
@@ -56,6 +56,13 @@ class _PageCollector(HTMLParser):
 
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANKS = re.compile(r"\n\s*\n+")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """Lone surrogates (a mis-decoded UTF-16 file, a bad &#xD800; in a parser's output) made valid: the tokenizer,
+    Milvus and JSON all refuse them."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def clean_text(text: str) -> str:
@@ -63,12 +70,25 @@ def clean_text(text: str) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
 
 
+class XhtmlError(ValueError):
+    """Markup the parser cannot read at all; the message says where."""
+
+
+# A "<" with another "<" before any ">" opens no tag: left raw, html.parser rescans the rest of the input from each
+# one (quadratic: 2 MB of "<a<a..." took minutes). Well-formed XHTML (all Tika writes) never has one.
+_STRAY_LT = re.compile(r"<(?=[^<>]*(?:<|\Z))")
+
+
 def xhtml_to_pages(xhtml: str) -> list[Page]:
-    """Pages numbered from 1 when Tika marked them, else one page numbered 0."""
+    """Pages numbered from 1 when Tika marked them (text before the first marker is page 0), else one page 0."""
     collector = _PageCollector()
-    collector.feed(xhtml)
-    collector.close()
+    try:
+        collector.feed(_STRAY_LT.sub("&lt;", scrub(xhtml)))
+        collector.close()
+    except (AssertionError, AttributeError, ValueError) as exc:  # html.parser's own checks on declarations
+        raise XhtmlError(f"unreadable XHTML: {type(exc).__name__}: {str(exc)[:200]}") from None
     texts = [clean_text("".join(parts)) for parts in collector.pages]
     if not collector.paged:
         return [Page(number=0, text="\n\n".join(t for t in texts if t))]
-    return [Page(number=i, text=t) for i, t in enumerate(texts, start=1)]
+    preamble = [Page(number=0, text=texts[0])] if texts[0] else []
+    return preamble + [Page(number=i, text=t) for i, t in enumerate(texts[1:], start=1)]

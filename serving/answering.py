@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 from anyio import to_thread
 
+from millrace import telemetry
 from serving.citations import CitationFilter
 from serving.config import ServeSettings
 from serving.errors import ServingError
@@ -112,6 +113,7 @@ class Generation:
         self.filter = CitationFilter(job.cached.passages if job.cached is not None else job.passages)
         self._stream: AsyncIterator[Delta] | None = None
         self._first: Delta | None = None
+        self._span = None
         self.finish_reason: str | None = None
         self.usage: dict[str, int] = {}
         self._t0 = time.perf_counter()
@@ -121,10 +123,17 @@ class Generation:
             return
         self._stream = self.service.require_llm().stream(self.job.messages, self.job.params)
         self._t0 = time.perf_counter()
+        # Not the current span: the generation outlives this call (streamed), and ends in deltas() or aclose().
+        self._span = telemetry.tracer.start_span("llm.generate", attributes={
+            "millrace.passages": len(self.job.passages), "millrace.max_tokens": self.job.params.get("max_tokens", 0)})
         try:
             self._first = await anext(self._stream)
         except StopAsyncIteration:
             self._first = Delta()
+        except BaseException as exc:
+            self._span.record_exception(exc)
+            self._end_span()
+            raise
         self._note(self._first)
 
     def _note(self, delta: Delta) -> None:
@@ -158,6 +167,7 @@ class Generation:
         if text:
             yield text, spans
         self.service.metrics.observe("generate", time.perf_counter() - self._t0)
+        self._end_span()
         await self._remember()
 
     def citations(self) -> list[Citation]:
@@ -192,6 +202,14 @@ class Generation:
             await self.aclose()
         return self.answer()
 
+    def _end_span(self) -> None:
+        if self._span is not None:
+            self._span.set_attributes({"millrace.finish_reason": self.finish_reason or "",
+                                       "millrace.completion_tokens": self.usage.get("completion_tokens", 0)})
+            self._span.end()
+            self._span = None
+
     async def aclose(self) -> None:
+        self._end_span()  # a client that went away mid-answer: the span ends with what was generated
         if self._stream is not None:
             await self._stream.aclose()

@@ -20,10 +20,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from millrace import clients
+from millrace import clients, telemetry
 from millrace.config import ConfigError
+from millrace.logs import request_id_var
 from millrace.retry import is_transient
 from serving import routes, sources
 from serving.answering import AnswerService
@@ -36,6 +40,7 @@ from serving.retrieval import RetrievalService, gather_ready
 from serving.security import KeyRing, RateLimiter
 
 log = logging.getLogger("millrace.serving")
+access = logging.getLogger("millrace.access")
 STATIC = Path(__file__).parent / "static"
 
 
@@ -53,7 +58,8 @@ class Services:
 def build_services(settings: ServeSettings) -> Services:
     """Everything a request needs, built once: opening Milvus here also makes this process the owner of a Lite file."""
     ledger = clients.ledger(settings)
-    metrics = Metrics(freshness=lambda: ledger.freshness(RetrievalService.serving_collection(settings)))
+    metrics = Metrics(freshness=lambda: ledger.freshness(RetrievalService.serving_collection(settings)),
+                      ledger=lambda: ledger)
     retrieval = RetrievalService(settings, metrics, make_cache(settings))
     store = retrieval.retriever.store
     if store.exists():
@@ -65,7 +71,8 @@ def build_services(settings: ServeSettings) -> Services:
 
 class BodyLimit:
     """413 for a body over the limit, whether it declares its length or streams it chunked; also stamps every
-    response with a request id and records its latency by route and status."""
+    response with a request id, records its latency by route and status, traces it (a server span, continuing a
+    caller's W3C traceparent) and writes its access log line, both carrying the request id."""
 
     def __init__(self, app, max_bytes: int, metrics_of):
         self.app, self.max_bytes, self.metrics_of = app, max_bytes, metrics_of
@@ -73,14 +80,34 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
-        rid = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), "") or uuid.uuid4().hex
+        rid = (next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+               or uuid.uuid4().hex)[:128]
+        caller = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                  if k in (b"traceparent", b"tracestate")}
+        token, t0, status = request_id_var.set(rid), time.perf_counter(), [500]
+        with telemetry.tracer.start_as_current_span(
+                f"{scope['method']} request", context=propagate.extract(caller) if caller else None,
+                kind=SpanKind.SERVER, attributes={"http.request.method": scope["method"],
+                                                  "millrace.request_id": rid}) as span:
+            try:
+                await self._handle(scope, receive, send, rid, status, t0)
+            finally:
+                route = _route(scope)
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attributes({"http.route": route, "http.response.status_code": status[0]})
+                if status[0] >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                access.info("%s %s %d %.1fms", scope["method"], route, status[0], (time.perf_counter() - t0) * 1000,
+                            extra={"method": scope["method"], "route": route, "status": status[0],
+                                   "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
+                request_id_var.reset(token)
 
+    async def _handle(self, scope, receive, send, rid: str, status: list[int], t0: float):
         async def stamped(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode()[:128])]
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
@@ -103,16 +130,20 @@ class BodyLimit:
                 return await self.app(scope, replay, stamped)
             return await self.app(scope, receive, stamped)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or ("static" if scope["path"].startswith("/static") else "other")
             metrics = self.metrics_of()
             if metrics is not None:
-                metrics.requests.labels(path, str(status[0])).observe(time.perf_counter() - t0)
+                metrics.requests.labels(_route(scope), str(status[0])).observe(time.perf_counter() - t0)
 
     async def _too_large(self, send):
         response = JSONResponse(ServingError(413, "too_large", f"request body over {self.max_bytes} bytes "
                                              "(MILLRACE_MAX_BODY_BYTES)").body(), status_code=413)
         await response({"type": "http"}, None, send)
+
+
+def _route(scope) -> str:
+    """The route's template (bounded label values), never the raw path."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or ("static" if scope["path"].startswith("/static") else "other")
 
 
 def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = None) -> FastAPI:
@@ -156,6 +187,15 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
         return JSONResponse({"error": {"message": message, "type": "invalid_request", "code": 422},
                              "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Unknown paths, wrong methods, bodies the JSON decoder gives up on (nesting past its recursion limit):
+        # the same OpenAI error shape as every other error, which the official clients parse.
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        count(kind)
+        return JSONResponse(ServingError(exc.status_code, kind, str(exc.detail)).body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

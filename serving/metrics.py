@@ -1,6 +1,7 @@
 """Prometheus metrics of the API, in a registry per app (tests and benchmarks build several apps in one process).
 
-Latency per stage (embed, search, generate, time to first token), cache hits, errors by kind, and the index's
+Latency per stage (embed, search, generate, time to first token), cache hits, errors by kind, ingestion's metrics
+(millrace.ingest_metrics), and the index's
 freshness read from the ledger at scrape time: the last ingest's finish time and the upload-to-searchable times the
 ingest runs record per document (millrace.ledger documents.fresh_s)."""
 
@@ -12,11 +13,13 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from millrace.ingest_metrics import IngestCollector
+
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    def __init__(self, freshness: Callable[[], dict[str, float]] | None = None):
+    def __init__(self, freshness: Callable[[], dict[str, float]] | None = None, ledger: Callable | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.stage = Histogram("millrace_stage_seconds", "Latency of one serving stage",
@@ -29,6 +32,8 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         if freshness is not None:
             r.register(_Freshness(freshness))
+        if ledger is not None:  # ingestion's metrics too (millrace.ingest_metrics): one scrape target suffices
+            r.register(IngestCollector(ledger))
 
     def observe(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

@@ -25,11 +25,20 @@ def source_line(p: Passage) -> str:
     return f"[{p.index}] {where} ({p.source_uri})"
 
 
+def _defuse(text: str, tag: str) -> str:
+    """`text` without the tag, repeated: one pass over "ab" + tag + "c"-style text would join a new copy."""
+    while tag in text:
+        text = text.replace(tag, "")
+    return text
+
+
 def passages_block(passages: list[Passage], tag: str) -> str:
     parts = []
     for p in passages:
-        text = p.text.replace(tag, "")  # a fence can only be closed by us
-        parts.append(f"<<<{tag} passage [{p.index}]: {source_line(p)}\n{text}\n{tag}>>>")
+        text = _defuse(p.text, tag)  # a fence can only be closed by us
+        # The header stays on the fence line: a title is the document's metadata, as untrusted as its text.
+        head = " ".join(_defuse(source_line(p), tag).split())
+        parts.append(f"<<<{tag} passage [{p.index}]: {head}\n{text}\n{tag}>>>")
     return "\n\n".join(parts)
 
 

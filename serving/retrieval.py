@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from anyio import to_thread
 
-from millrace import clients, versions
+from millrace import clients, telemetry, versions
 from millrace.config import ConfigError
 from millrace.sources import canonical_source_uri, s3_uri
 from millrace.store import MilvusStore
@@ -107,7 +107,8 @@ class RetrievalService:
         if model not in self._batchers:
             self._batchers[model] = MicroBatcher(embedder.encode, on_batch=self.metrics.embed_batch.observe)
         t0 = time.perf_counter()
-        vector = await self._batchers[model].embed(query)
+        with telemetry.span("embed", model=model):
+            vector = await self._batchers[model].embed(query)
         self.metrics.observe("embed", time.perf_counter() - t0)
         return vector
 
@@ -116,8 +117,10 @@ class RetrievalService:
         expr, prefix = filter_expr(flt)
         t0 = time.perf_counter()
         try:
-            hits = await self._io(lambda: snap.store.search(vector if vector is not None else [0.0], k, expr,
-                                                             query, mode))
+            with telemetry.span("milvus.search", collection=snap.store.collection, k=k, mode=mode) as span:
+                hits = await self._io(lambda: snap.store.search(vector if vector is not None else [0.0], k, expr,
+                                                                 query, mode))
+                span.set_attribute("millrace.hits", len(hits))
         except ConfigError as exc:
             raise ServingError(404 if "does not exist" in str(exc) else 409, "index", str(exc)) from exc
         finally:

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Callable
 
+from millrace import logs, telemetry
 from millrace.milvus_connect import owner_file
 from serving.config import ServeSettings
 
@@ -46,8 +47,12 @@ def serve(settings: ServeSettings, host: str | None = None, port: int | None = N
     release = claim_lite(settings, url)
     try:
         print(f"Millrace API on {url}  (page: {url}/, OpenAI base URL: {url}/v1)", flush=True)
-        uvicorn.run(create_app(settings, on_stop=release), host=host, port=port, log_level=log_level,
-                    access_log=False, timeout_graceful_shutdown=10)
+        telemetry.setup("millrace-serve", settings)
+        # uvicorn's own access log is off: the app writes one line per request with its request and trace ids.
+        config = uvicorn.Config(create_app(settings, on_stop=release), host=host, port=port, log_level=log_level,
+                                access_log=False, timeout_graceful_shutdown=10)  # configures uvicorn's loggers
+        logs.configure(settings, loggers=("", "uvicorn", "uvicorn.error"), console=True)
+        uvicorn.Server(config).run()
     finally:
         release()
     return 0
