@@ -52,7 +52,7 @@ server: $(STAMP)
 stop:
 	$(BIN)/python -m millrace.platform stop
 
-# The benchmarks of BENCHMARKS.md (about an hour on 2 cores); never part of `make test`.
+# The benchmarks of BENCHMARKS.md (about 1.5 hours on 2 cores); never part of `make test`.
 SCIFACT ?= ../shared/data/scifact
 DOCS    ?= ../shared/data/docs
 bench: $(STAMP)
@@ -62,6 +62,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/freshness.py --uploads 24
+	$(BIN)/python bench/soak.py --minutes 10 --every 6
+	$(BIN)/python bench/load.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
 	$(BIN)/millrace eval beir $(SCIFACT) --out bench/results/eval_scifact.json

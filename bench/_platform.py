@@ -1,0 +1,172 @@
+"""The running platform for bench/freshness.py and bench/soak.py: a moto S3 server, the whole platform
+(millrace.platform) on free ports under a temporary MILLRACE_HOME, a bucket whose notifications reach the relay, and a
+stream of uploads each timed until a search returns it at rank 1.
+
+Only one Milvus standalone fits on a machine (its etcd binds 2379/2380 whatever port Milvus itself gets), so start()
+first waits for those ports, and aborts with a message naming them rather than failing deep inside the platform."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+WORDS = ["heron", "sluice", "barge", "weir", "tide", "quay", "lock", "mill", "flood", "dredger", "keeper", "silt"]
+ETCD_PORTS = (2379, 2380)
+
+
+def text(i: int, tag: str) -> str:
+    return (f"Logbook {tag} entry {i}: the {WORDS[i % 12]} near gauge {i * 37 % 101} read "
+            f"{i * 13 % 97} centimetres while the {WORDS[(i * 5) % 12]} crew checked {WORDS[(i * 7) % 12]} {tag}{i}.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def wait_for_etcd_ports(wait_s: float, say: Callable[[str], None] = print) -> None:
+    """Return once 2379/2380 are free; SystemExit after `wait_s` (another Milvus standalone, e.g. a test suite's)."""
+    from millrace import procs
+
+    deadline, told = time.monotonic() + wait_s, False
+    while taken := [p for p in ETCD_PORTS if procs.port_taken(p)]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"ports {taken} are still taken after {wait_s:.0f} s: another Milvus standalone (its "
+                             "etcd) runs on this machine, and only one fits. Stop it (`make stop`, or wait for the "
+                             "test suite holding it) and run again.")
+        if not told:
+            say(f"ports {taken} taken (another Milvus standalone's etcd): waiting up to {wait_s:.0f} s ...")
+            told = True
+        time.sleep(10)
+
+
+class Platform:
+    """`with Platform() as p:` starts moto, the platform and the bucket wiring; leaving stops all of it, on errors too."""
+
+    def __init__(self, wait_ports_s: float = 600):
+        self.wait_ports_s, self.moto, self.home, self.ep = wait_ports_s, None, None, None
+
+    def __enter__(self) -> "Platform":
+        from millrace import platform
+        from millrace.services import PORTS
+
+        wait_for_etcd_ports(self.wait_ports_s)
+        moto_port = free_port()
+        self.moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                                      str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        self.creds = dict(endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        self.home = Path(tempfile.mkdtemp(prefix="millrace-bench-platform-"))
+        # Every service on a free port: a developer's `make server` or another benchmark may hold the defaults.
+        extra = {var: str(free_port()) for var, _ in PORTS.values()}
+        extra |= {"MILLRACE_S3_ENDPOINT_URL": endpoint, "MILLRACE_S3_KEY": "testing",
+                  "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}
+        try:
+            self.ep = platform.start(self.home, extra_env=extra)
+            print(self.ep.describe(), flush=True)
+            self._wire()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wire(self) -> None:
+        import boto3
+
+        from millrace.config import load_settings
+        from serving.retrieve import Retriever
+
+        self.bucket, self.tag = f"bench-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:5]
+        s3, sns = boto3.client("s3", **self.creds), boto3.client("sns", **self.creds)
+        s3.create_bucket(Bucket=self.bucket)
+        topic = sns.create_topic(Name=self.bucket)["TopicArn"]
+        token = self.ep.token_file.read_text().strip()
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{self.ep.relay_url}/s3/events?token={token}")
+        s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
+            "TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+        self.retriever = Retriever(load_settings(home=self.ep.home, milvus_uri=self.ep.milvus_uri))
+
+    def __exit__(self, *exc) -> None:
+        from millrace import platform
+
+        try:
+            if self.home is not None:
+                platform.stop(self.home)
+        finally:
+            if self.moto is not None:
+                self.moto.terminate()
+                self.moto.wait(10)
+
+    def key(self, i: int) -> str:
+        return f"uploads/log {self.tag} #{i}.txt"
+
+    def uri(self, i: int) -> str:
+        from millrace.sources import s3_uri
+
+        return s3_uri(self.bucket, self.key(i))
+
+    def stream(self, uploads: int, every: float, timeout: float,
+               halt: threading.Event | None = None) -> dict[int, float | None]:
+        """Upload `uploads` objects one every `every` seconds (in a thread) while polling search for each; upload ->
+        seconds until it was found at rank 1 (None if not within `timeout` after the last upload). Setting `halt`
+        ends the uploads early (the ones made are still waited for)."""
+        import boto3
+
+        uploaded: dict[int, float] = {}
+        found: dict[int, float] = {}
+
+        def upload_all() -> None:
+            client = boto3.client("s3", **self.creds)
+            for i in range(uploads):
+                if halt is not None and halt.is_set():
+                    return
+                uploaded[i] = time.time()  # the PUT returns only after SNS delivered (moto delivers inline)
+                client.put_object(Bucket=self.bucket, Key=self.key(i), Body=text(i, self.tag).encode())
+                time.sleep(every)
+
+        threading.Thread(target=upload_all, daemon=True).start()
+        deadline = time.time() + uploads * every + timeout
+        while time.time() < deadline and len(found) < uploads:
+            if halt is not None and halt.is_set() and len(found) == len(uploaded):
+                break
+            for i, t in list(uploaded.items()):
+                if i in found:
+                    continue
+                try:
+                    hits = self.retriever.search(text(i, self.tag), k=1)
+                except Exception:  # the collection does not exist before the first run
+                    hits = []
+                if hits and hits[0].source_uri == self.uri(i):
+                    found[i] = time.time() - t
+            time.sleep(0.25)
+        return {i: found.get(i) for i in sorted(uploaded)}
+
+    def ledger_fresh(self) -> dict[str, float]:
+        """source URI -> the ledger's own upload-to-committed seconds (documents.fresh_s)."""
+        from millrace import clients
+        from millrace.config import load_settings
+
+        ledger = clients.ledger(load_settings(home=self.ep.home))
+        return {r["source_uri"]: r["fresh_s"] for r in ledger.rows(self.retriever.store.collection)}
+
+    def flow_runs(self) -> int:
+        import httpx
+
+        deps = httpx.post(f"{self.ep.api_url}/deployments/filter", json={}, timeout=10).json()
+        ids = [d["id"] for d in deps if d["name"] == "s3-object"]
+        body = {"deployments": {"id": {"any_": ids}}}
+        return int(httpx.post(f"{self.ep.api_url}/flow_runs/count", json=body, timeout=10).json())
