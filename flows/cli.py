@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -25,6 +26,9 @@ def load_settings(**flags: Any) -> Settings:
     settings = config.load_settings(**flags)
     if not settings.blocks:
         return settings
+    from flows.api import ensure_prefect_api
+
+    ensure_prefect_api(settings.home)  # blocks are read from an API; Prefect's own fallback gives one only 20 s
     from blocks import load_settings as with_blocks  # imports Prefect
 
     return with_blocks(**flags)
@@ -44,13 +48,32 @@ def flow_options(settings: Settings, drop: tuple[str, ...] = ()) -> dict[str, An
     return options
 
 
-def with_prefect(run):
-    """Run `run()` against one Prefect API, shared by the flow and the Dask workers it spawns."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+class _NoRunTracebacks(logging.Filter):
+    """A failed run's traceback stays in its logs in the Prefect API (the UI, `prefect flow-run logs`); the terminal
+    gets its one line, then millrace's own sentence. With PREFECT_LOGGING_LEVEL=DEBUG the terminal gets it too."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Handlers of the run loggers (the API's) have formatted the record already: this filter is on the root's.
+        if record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")) \
+                and logging.getLogger("prefect").getEffectiveLevel() > logging.DEBUG:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def with_prefect(run, settings: Settings):
+    """Run `run()` against one Prefect API, shared by the flow and the Dask workers it spawns."""
     from flows.api import ensure_prefect_api
 
-    ensure_prefect_api()
+    ensure_prefect_api(settings.home)
+    import prefect.main  # noqa: F401  (sets up Prefect's logging: its console handler is on the root logger)
+    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _NoRunTracebacks)
+                                                                  for f in handler.filters):
+            handler.addFilter(_NoRunTracebacks())
+
     with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
         return run()
 
@@ -65,7 +88,7 @@ def cmd_ingest(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         return ingest(source=args.source, collection=settings.collection, retry_failed=args.retry_failed,
                       objects=args.objects, options=options)
 
-    summary = with_prefect(run)
+    summary = with_prefect(run, settings)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -92,7 +115,7 @@ def cmd_eval(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         return evaluate(data_dir=args.data_dir, collection=args.collection, mode=args.mode, split=args.split,
                         options=options, min_ndcg=args.min_ndcg)
 
-    result = with_prefect(run)
+    result = with_prefect(run, settings)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -113,7 +136,8 @@ def cmd_bench(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     from millrace.benchmark import format_ingest
 
     settings = cli.settings_from(args, load, cli.BENCH_FLAGS)
-    result = with_prefect(lambda: bench_ingest(args.corpus, settings, limit=args.limit, progress=not args.json))
+    result = with_prefect(lambda: bench_ingest(args.corpus, settings, limit=args.limit, progress=not args.json),
+                          settings)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -135,7 +159,7 @@ def cmd_rebuild(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
                        min_ndcg=args.min_ndcg, warmup_queries=args.warmup_queries, grace_hours=args.grace_hours,
                        options=options)
 
-    result = with_prefect(run)
+    result = with_prefect(run, settings)
     if args.json:
         print(json.dumps(result, default=str))
         return 0
@@ -159,7 +183,7 @@ def cmd_rollback(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
 
         return rollback(collection=settings.collection, grace_hours=args.grace_hours, options=options)
 
-    result = with_prefect(run)
+    result = with_prefect(run, settings)
     print(json.dumps(result) if args.json else f"{result['collection']}: now served by {result['to']} (was "
                                                  f"{result['from']}, kept {args.grace_hours:g} h)")
     return 0
@@ -171,7 +195,19 @@ def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     from serving.server import serve
 
     base = cli.settings_from(args, load)
-    return serve(load_serve_settings(**dict(base)), args.host, args.port)
+    settings = load_serve_settings(**dict(base))
+    if settings.api_keys_block:  # read from a Prefect API
+        from flows.api import ensure_prefect_api
+        from serving.security import keys_from_block
+
+        ensure_prefect_api(base.home)
+        try:  # here, so that a wrong name is a sentence rather than the app's startup traceback
+            keys_from_block(settings.api_keys_block)
+        except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+            raise config.ConfigError(f"MILLRACE_API_KEYS_BLOCK={settings.api_keys_block!r}: {exc} in the Prefect API "
+                                     f"at {os.environ.get('PREFECT_API_URL')}; save a Secret block by that name, "
+                                     "or unset it") from None
+    return serve(settings, args.host, args.port)
 
 
 HANDLERS: dict[str, cli.Command] = {"serve": cmd_serve, "ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench,

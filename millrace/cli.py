@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
@@ -208,6 +209,11 @@ def main(argv: list[str] | None = None, handlers: Mapping[str, Command] | None =
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`millrace status --json | head`): stop quietly, as other commands in a pipe do, and keep
+        # the interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # the run itself failed; documents failing do not land here
         print(f"millrace: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -193,8 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "start":
             print(start(args.home).describe(), flush=True)
         elif args.command == "stop":
-            stop(args.home, say=print)
-            print(f"stopped the platform of {resolve_home(args.home)}")
+            home = resolve_home(args.home)
+            was_running = running(home) is not None
+            leftovers = stop(home, say=print)
+            print(f"stopped the platform of {home}" if was_running or leftovers else
+                  f"no platform was running for {home} (MILLRACE_HOME, else ./.millrace); nothing to stop")
         elif args.command == "status":
             report = status(args.home)
             print("\n".join(f"{name:15} {state}" for name, state in report.items()))

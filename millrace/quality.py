@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ def _batch_definition():
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
+            # That module pins its logger at INFO, so every worker printed "Created temporary directory ... for
+            # ephemeral docs site" into the user's ingest output; its warnings still show.
+            logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)
             asset = context.data_sources.add_pandas("millrace").add_dataframe_asset("chunks")

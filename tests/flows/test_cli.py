@@ -138,3 +138,15 @@ def test_flow_options_carry_no_secrets():
     assert "root:Milvus" not in dumped and "s3cr3t" not in dumped and "hunter2" not in dumped and "***" not in dumped
     assert "collection" not in flow_options(Settings(collection="c"), drop=("collection",))
     assert flow_options(Settings(ledger_url="sqlite:////tmp/l.sqlite"))["ledger_url"] == "sqlite:////tmp/l.sqlite"
+
+
+def test_bad_input_on_a_fresh_machine_is_a_sentence_not_a_traceback(tmp_path):
+    """A new user's shell: no Prefect API configured, so the command starts one; the failed run's traceback stays in
+    the run's logs, the terminal gets millrace's sentence."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MILLRACE_"))}
+    env.update(HOME=str(tmp_path), MILLRACE_HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(tmp_path / "missing")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == f"millrace: error: source folder {tmp_path / 'missing'} does not exist"
