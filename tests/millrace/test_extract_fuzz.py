@@ -63,7 +63,9 @@ def mutated(draw) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def extractor():
-    ex = TikaJvmExtractor(Settings(tika_heap=HEAP, parse_timeout_s=30))
+    # OCR off: a mutated PDF that loses its text layer would spend seconds in tesseract per example (the run took
+    # 2-4x as long); mutated scans go through OCR in test_mutated_scans_are_ocrd_within_the_limits.
+    ex = TikaJvmExtractor(Settings(tika_heap=HEAP, parse_timeout_s=30, ocr="off"))
     for path in {p.suffix: p for p in SEEDS}.values():  # warm the JVM and each format's parser: loading is not growth
         try:
             ex.extract(SourceObject.make(path.as_uri(), path.stat().st_size, "f"), path.read_bytes())
@@ -103,3 +105,42 @@ def test_mutated_documents_give_a_document_or_a_reason_in_bounded_memory(extract
     fuzz()
     assert process.memory_info().rss - start < RSS_BOUND
     assert seen["doc"] > 0  # mutations that leave a readable document exist: the run did reach the parsers
+
+
+def _scan_seed() -> bytes:
+    """A two-page scanned PDF (pages are pictures of text), made here: no text layer, so every page is OCR'd."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    pages = []
+    for n in (1, 2):
+        img = Image.new("L", (620, 877), 255)
+        ImageDraw.Draw(img).text((40, 60), f"Inspection report page {n}: the sluice gates are sound.", fill=0)
+        pages.append(img)
+    buf = io.BytesIO()
+    pages[0].save(buf, "PDF", save_all=True, append_images=pages[1:], resolution=75)
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tesseract"), reason="tesseract-ocr is not installed (make)")
+def test_mutated_scans_are_ocrd_within_the_limits():
+    seed_pdf = _scan_seed()
+    ocr = TikaJvmExtractor(Settings(tika_heap=HEAP, parse_timeout_s=30, ocr_max_pages=1, ocr_page_timeout_s=5))
+
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(flips=st.lists(st.integers(0, len(seed_pdf) - 1), min_size=1, max_size=16),
+           cut=st.integers(len(seed_pdf) // 2, len(seed_pdf)))
+    def fuzz(flips, cut):
+        data = bytearray(seed_pdf[:cut])
+        for i in flips:
+            if i < len(data):
+                data[i] ^= 0x55
+        try:
+            doc = ocr.extract(SourceObject.make("file:///fuzz/scan.pdf", len(data), "f"), bytes(data))
+        except ExtractError as exc:
+            assert exc.reason in REASONS, (exc.reason, exc.detail)
+            return
+        assert [p.number for p in doc.pages] == sorted({p.number for p in doc.pages})
+
+    fuzz()
