@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from pathlib import Path
 
 from millrace.config import ConfigError, Settings
+from millrace.lite_lock import start_lite
 from millrace.retry import is_transient, with_retries
 
 LITE_INDEXES = {"FLAT", "IVF_FLAT", "AUTOINDEX"}  # milvus-lite 2.5 rejects or cannot build the rest
@@ -75,20 +74,6 @@ def pymilvus():
 LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 60_000}
 
 
-def owner_file(lite_uri: str) -> Path:
-    """Where a long-running opener of a Lite file (`millrace serve`) says who it is."""
-    return Path(f"{lite_uri}.owner.json")
-
-
-def _owner_note(lite_uri: str) -> str:
-    try:
-        owner = json.loads(owner_file(lite_uri).read_text())
-        os.kill(int(owner["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-    return f" It is held by `{owner.get('command')}` (pid {owner['pid']}, {owner.get('url', '')})."
-
-
 def connect(settings: Settings):
     """A MilvusClient, retried with backoff; a dead server or a locked Lite file ends in a ConfigError."""
     MilvusClient = pymilvus().MilvusClient
@@ -97,17 +82,11 @@ def connect(settings: Settings):
     uri = settings.resolved_milvus_uri
     if settings.milvus_is_lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        start_lite(uri)  # our lock first (LiteHeld names the holder), then milvus-lite's server; never retried
         try:
-            # Never retried: milvus-lite 2.5.1 checks its lock only on a first open, and a second attempt in the
-            # same process opens the data although another process holds it (seen here), which would let two
-            # processes write one file.
             return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
         except MilvusException as exc:
-            raise ConfigError(
-                f"cannot open Milvus Lite data {uri}: {exc.message}.{_owner_note(uri)} Milvus Lite lets one process "
-                "open its data; "
-                "if another millrace process (a running ingest, a search) has it open, wait for it, or run a "
-                "Milvus server (`make server`) and set MILLRACE_MILVUS_URI=http://127.0.0.1:19530") from exc
+            raise ConfigError(f"cannot open Milvus Lite data {uri}: {exc.message}") from exc
 
     def attempt():
         return MilvusClient(uri=uri, token=settings.milvus_token.get_secret_value(),

@@ -5,13 +5,14 @@ webhook, EventBridge API destination) come here and leave as Prefect events, whi
     MILLRACE_RELAY_TOKEN=... PREFECT_API_URL=http://127.0.0.1:4200/api python -m serving.relay --port 8787
 
 A request is answered only after the events it brought have been emitted: 200 means Prefect has them, 503 means
-the sender must deliver again (SNS, MinIO and EventBridge all do)."""
+the sender must deliver again (SNS, MinIO and EventBridge all do). Keys outside MILLRACE_SOURCES (the s3-object
+flow's own rule, millrace.sources.route_keys) are not emitted. Every refused or ignored delivery leaves one line in
+the log saying why (serving.relay_auth)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hmac
 import logging
 import re
@@ -29,7 +30,9 @@ from millrace.config import Settings
 from millrace.eventlog import EventLog
 from millrace.retry import with_retries
 from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
+from millrace.sources import route_keys
 from serving.emit import Debouncer, EmitError, PrefectEmitter, build_batches
+from serving.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
 
 log = logging.getLogger("millrace.relay")
 TOKEN_HELP = ("set MILLRACE_RELAY_TOKEN to a long random secret, e.g. "
@@ -81,22 +84,6 @@ def settings_or_exit() -> RelaySettings:
     return settings
 
 
-def presented_tokens(request: Request) -> list[str]:
-    """Every token the request offers: Bearer or Basic (the password: SNS puts user:password@ URLs there),
-    X-Millrace-Token, ?token=."""
-    found = []
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        found.append(value.strip())
-    elif scheme.lower() == "basic":
-        try:
-            found.append(base64.b64decode(value.strip(), validate=True).decode().partition(":")[2])
-        except ValueError:
-            pass
-    found += [t for t in (request.headers.get("x-millrace-token"), request.query_params.get("token")) if t]
-    return found
-
-
 def _reply(code: int, /, **body: Any) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
@@ -111,7 +98,9 @@ class Relay:
         self.emitter = PrefectEmitter(settings.prefect_api_url, api_key=settings.prefect_api_key.get_secret_value(),
                                       auth_string=settings.prefect_api_auth_string.get_secret_value(),
                                       timeout_s=settings.emit_timeout_s, retry_delays=settings.retry_delays)
-        self.eventlog = EventLog(Settings().resolved_ledger_url)
+        core = Settings()
+        self.eventlog = EventLog(core.resolved_ledger_url)
+        self.sources = core.sources  # MILLRACE_SOURCES, as the s3-object flow reads it
         self.verifier = SnsVerifier(self._fetch, settings.sns_url_pattern)
         self.debouncer = Debouncer(self._flush, debounce_s=settings.debounce_s, max_wait_s=settings.max_wait_s,
                                    max_keys=settings.max_keys)
@@ -141,7 +130,13 @@ class Relay:
                 log.warning("could not record the last events of batch %s: %s", batch.batch_id, exc)
         return [b.batch_id for b in batches]
 
-    async def deliver(self, message_id: str, changes: list[S3Change]) -> JSONResponse:
+    def within_sources(self, changes: list[S3Change]) -> tuple[list[S3Change], int]:
+        """The changes the s3-object flow would act on (millrace.sources.route_keys, the flow's own rule), and how
+        many it would ignore as lying outside MILLRACE_SOURCES."""
+        kept = [c for c in changes if route_keys(c.bucket, [c.key], self.sources)]
+        return kept, len(changes) - len(kept)
+
+    async def deliver(self, request: Request, message_id: str, changes: list[S3Change]) -> JSONResponse:
         """Emit a delivery's changes once, whatever number of times it arrives. A copy that arrives while the first
         is still waiting for its flush waits for the same outcome."""
         task = self.in_flight.get(message_id)
@@ -151,8 +146,11 @@ class Relay:
             task.add_done_callback(lambda t: self.in_flight.get(message_id) is t and self.in_flight.pop(message_id))
         # Shielded: a sender that hangs up does not cancel the flush that other requests wait for.
         code, body = await asyncio.shield(task)
-        if code == 200 and not first:
-            body = {"status": "duplicate", "message_id": message_id}
+        if code != 200:
+            return refused(request, code, body["detail"])
+        if body["status"] == "duplicate" or not first:
+            return ignored(request, message_id, "a copy of a delivery already emitted", status="duplicate",
+                           message_id=message_id)
         return _reply(code, **body)
 
     async def _process(self, message_id: str, changes: list[S3Change]) -> tuple[int, dict]:
@@ -173,14 +171,14 @@ class Relay:
         return 200, {"status": "emitted", "message_id": message_id, "changes": len(changes),
                      "batch_ids": sorted({i for ids in batch_ids for i in ids})}
 
-    async def confirm(self, url: str) -> JSONResponse:
+    async def confirm(self, request: Request, url: str) -> JSONResponse:
         if not self.url_pattern.match(url):
-            return _reply(403, detail=f"SubscribeURL {url!r} does not match MILLRACE_RELAY_SNS_URL_PATTERN; not "
-                                      "confirmed")
+            return refused(request, 403, f"SubscribeURL {url!r} does not match MILLRACE_RELAY_SNS_URL_PATTERN; not "
+                                         "confirmed")
         try:
             await asyncio.to_thread(self._fetch, url)
         except Exception as exc:
-            return _reply(503, detail=f"could not confirm the subscription at its SubscribeURL: {exc}")
+            return refused(request, 503, f"could not confirm the subscription at its SubscribeURL: {exc}")
         log.info("confirmed SNS subscription")
         return _reply(200, status="confirmed")
 
@@ -208,35 +206,43 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
     async def s3_events(request: Request) -> JSONResponse:
         relay: Relay = request.app.state.relay
         if not relay.authorized(request):
-            return JSONResponse({"detail": "missing or wrong token: send MILLRACE_RELAY_TOKEN as Authorization: "
-                                           "Bearer <token>, an X-Millrace-Token header or ?token=<token>"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        too_big = _reply(413, detail=f"a body over MILLRACE_RELAY_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)")
+            return refused(request, 401, f"missing or wrong token (sent: {credentials_seen(request)}): send "
+                                         "MILLRACE_RELAY_TOKEN as Authorization: Bearer <token> (MinIO's auth_token "
+                                         "may also be `Token <token>` or the bare token), an X-Millrace-Token header "
+                                         "or ?token=<token>", headers={"WWW-Authenticate": "Bearer"})
+        too_big = f"a body over MILLRACE_RELAY_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)"
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return too_big
+            return refused(request, 413, too_big)
         raw = await request.body()
         if len(raw) > settings.max_body_bytes:  # a chunked body declares no length
-            return too_big
+            return refused(request, 413, too_big)
         try:
             notice = parse_body(raw, message_id=request.headers.get("x-amz-sns-message-id", ""),
                                 eventbridge_keys_encoded=settings.eventbridge_keys_encoded)
         except BadEvent as exc:
-            return _reply(400, detail=str(exc))
+            return refused(request, 400, str(exc))
         if notice.source == "sns" and settings.verify_sns:
             try:
                 await asyncio.to_thread(relay.verifier.verify, notice.envelope)
             except SignatureError as exc:
-                return _reply(403, detail=f"SNS signature rejected: {exc}")
+                return refused(request, 403, f"SNS signature rejected: {exc}")
             except Exception as exc:  # the certificate could not be fetched: SNS should try again
-                return _reply(503, detail=f"could not check the SNS signature: {type(exc).__name__}: {exc}")
+                return refused(request, 503, f"could not check the SNS signature: {type(exc).__name__}: {exc}")
         if notice.action == "subscribe":
-            return await relay.confirm(notice.subscribe_url)
+            return await relay.confirm(request, notice.subscribe_url)
         if notice.action in ("unsubscribe", "test", "ignored") or not notice.changes:
             reason = notice.reason or {"unsubscribe": "unsubscribed", "test": "s3:TestEvent"}.get(
                 notice.action, "no object created/removed records")
-            return _reply(200, status="ignored", reason=reason)
-        return await relay.deliver(notice.message_id, notice.changes)
+            return ignored(request, notice.message_id, reason)
+        changes, outside = relay.within_sources(notice.changes)
+        if outside:
+            where = f"outside MILLRACE_SOURCES {relay.sources}"
+            if not changes:
+                return ignored(request, notice.message_id, f"all {outside} key(s) lie {where}")
+            log.info("delivery %s: %d of %d keys lie %s: not emitted", loggable(request, notice.message_id),
+                     outside, len(notice.changes), where)
+        return await relay.deliver(request, notice.message_id, changes)
 
     return app
 

@@ -1,37 +1,23 @@
 """`millrace serve`: the API under uvicorn.
 
-On Milvus Lite this process owns the data file while it runs (Lite admits one opener); it writes who it is next to
-the file, so an ingest started beside it fails with an error naming it (millrace.milvus_connect). `make server` runs
+On Milvus Lite this process owns the data file while it runs (Lite admits one opener); its lock says who it is, so
+an ingest started beside it fails with an error naming it (millrace.lite_lock). `make server` runs
 a Milvus server instead, where serving and ingests share the index."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from typing import Callable
 
 from millrace import logs, telemetry
-from millrace.milvus_connect import owner_file
+from millrace.lite_lock import hold
 from serving.config import ServeSettings
 
 
-def claim_lite(settings: ServeSettings, url: str) -> Callable[[], None]:
-    """Say who holds the Lite file (read by the error an ingest beside us gets); returns the release."""
-    if not settings.milvus_is_lite:
-        return lambda: None
-    path = owner_file(settings.resolved_milvus_uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": os.getpid(), "command": "millrace serve", "url": url}))
-
-    def release() -> None:
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
-
-    return release
+def claim_lite(settings: ServeSettings, url: str) -> None:
+    """Take the Lite file for this process's life before anything opens it, saying who we are (the error a second
+    opener gets names us); a second `millrace serve` or an ingest beside us stops here with LiteHeld (exit 2)."""
+    if settings.milvus_is_lite:
+        hold(settings.resolved_milvus_uri, command="millrace serve", url=url)
 
 
 def serve(settings: ServeSettings, host: str | None = None, port: int | None = None, log_level: str = "info") -> int:
@@ -44,17 +30,14 @@ def serve(settings: ServeSettings, host: str | None = None, port: int | None = N
         print(f"millrace serve: warning: listening on {host} without API keys (MILLRACE_API_KEYS): anyone who can "
               "reach it can search and spend LLM time", file=sys.stderr)
     url = f"http://{host}:{port}"
-    release = claim_lite(settings, url)
-    try:
-        print(f"Millrace API on {url}  (page: {url}/, OpenAI base URL: {url}/v1)", flush=True)
-        telemetry.setup("millrace-serve", settings)
-        # uvicorn's own access log is off: the app writes one line per request with its request and trace ids.
-        config = uvicorn.Config(create_app(settings, on_stop=release), host=host, port=port, log_level=log_level,
-                                access_log=False, timeout_graceful_shutdown=10)  # configures uvicorn's loggers
-        logs.configure(settings, loggers=("", "uvicorn", "uvicorn.error"), console=True)
-        uvicorn.Server(config).run()
-    finally:
-        release()
+    claim_lite(settings, url)
+    print(f"Millrace API on {url}  (page: {url}/, OpenAI base URL: {url}/v1)", flush=True)
+    telemetry.setup("millrace-serve", settings)
+    # uvicorn's own access log is off: the app writes one line per request with its request and trace ids.
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+                            access_log=False, timeout_graceful_shutdown=10)  # configures uvicorn's loggers
+    logs.configure(settings, loggers=("", "uvicorn", "uvicorn.error"), console=True)
+    uvicorn.Server(config).run()
     return 0
 
 

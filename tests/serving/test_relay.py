@@ -203,11 +203,16 @@ def test_requests_without_the_token_are_refused(world):
     relay, test_event = world["relay"], {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "x"}
     basic = base64.b64encode(f"sns:{TOKEN}".encode()).decode()
     for attempt in (dict(token=None), dict(token="wrong"), dict(token=None, headers={"Authorization": "Bearer no"}),
+                    dict(token=None, headers={"Authorization": f"Token {TOKEN[:-1]}"}),
+                    dict(token=None, headers={"Authorization": f"{TOKEN} {TOKEN}x"}),
                     dict(token=None, headers={"X-Millrace-Token": TOKEN[:-1]}),
                     dict(token=None, headers={"Authorization": "Basic " + base64.b64encode(b"a:b").decode()})):
         refused = post(relay, test_event, **attempt)
         assert refused.status_code == 401 and "token" in refused.json()["detail"], attempt
+    # MinIO's auth_token arrives as the whole header (`Token <t>`, `Bearer <t>`) or, from older releases, bare.
     for accepted in (dict(), dict(token=None, headers={"Authorization": f"Bearer {TOKEN}"}),
+                     dict(token=None, headers={"Authorization": f"Token {TOKEN}"}),
+                     dict(token=None, headers={"Authorization": TOKEN}),
                      dict(token=None, headers={"X-Millrace-Token": TOKEN}),
                      dict(token=None, headers={"Authorization": f"Basic {basic}"})):
         assert post(relay, test_event, **accepted).status_code == 200, accepted
