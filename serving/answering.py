@@ -20,9 +20,10 @@ from serving.config import ServeSettings
 from serving.errors import ServingError
 from serving.llm import Delta, LLMClient
 from serving.metrics import Metrics, Timer
-from serving.prompt import fit
+from serving.prompt import fence_tag, fit
 from serving.retrieval import RetrievalService, Snapshot, request_key
 from serving.schemas import Answer, Citation, Filter, Passage
+from serving.security import fence_key
 
 
 # Words that never change what a question asks for: differences in them alone do not stop a semantic hit.
@@ -55,6 +56,7 @@ class Job:
 class AnswerService:
     def __init__(self, settings: ServeSettings, retrieval: RetrievalService, llm: LLMClient | None, metrics: Metrics):
         self.settings, self.retrieval, self.llm, self.metrics = settings, retrieval, llm, metrics
+        self.fence_key = fence_key(settings) if llm is not None else b""  # search alone never writes the key file
 
     def require_llm(self) -> LLMClient:
         if self.llm is None:
@@ -87,7 +89,7 @@ class AnswerService:
         found = await self.retrieval.search(snap, query, job.vector, k, mode, flt)
         t0 = time.perf_counter()
         job.messages, job.passages = await fit(conversation, found, max_tokens, llm.count_tokens,
-                                               await llm.max_model_len())
+                                               await llm.max_model_len(), tag=fence_tag(self.fence_key, found))
         self.metrics.observe("prompt", time.perf_counter() - t0)
         timer.mark("retrieve")
         return job

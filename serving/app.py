@@ -2,7 +2,8 @@
 
 Layers: routes (serving.routes) translate HTTP; services (retrieval, answering) do the work; clients (Milvus, the
 model, the ledger, Redis from millrace.clients; the LLM from serving.llm) talk to the systems. /health is liveness
-and always open; /ready says whether Milvus, the collection and the LLM can serve; /metrics is Prometheus."""
+and always open; /ready says whether Milvus, the collection and the LLM can serve; /metrics is Prometheus'. None of
+the three is rate limited (serving.routes.probed/scraped)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from millrace import clients, telemetry
 from millrace.config import ConfigError
 from millrace.logs import request_id_var
 from millrace.retry import is_transient
-from serving import routes, sources
+from serving import responses, routes, sources
 from serving.answering import AnswerService
 from serving.cache import make_cache
 from serving.config import ServeSettings
@@ -52,6 +53,7 @@ class Services:
     answers: AnswerService
     keys: KeyRing
     limiter: RateLimiter
+    scrapers: KeyRing  # the scrape token of /metrics (none: /metrics is open)
     started: int
 
 
@@ -66,7 +68,8 @@ def build_services(settings: ServeSettings) -> Services:
         store.load()  # the first search must not pay for loading the collection
     llm = LLMClient(settings) if settings.llm_url else None
     return Services(settings, metrics, retrieval, AnswerService(settings, retrieval, llm, metrics),
-                    KeyRing(settings), RateLimiter(settings), int(time.time()))
+                    KeyRing.of_users(settings), RateLimiter(settings), KeyRing.of_scrapers(settings),
+                    int(time.time()))
 
 
 class BodyLimit:
@@ -153,6 +156,9 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
         app.state.services = await to_thread.run_sync(build_services, settings)
         if not app.state.services.keys.enabled:
             log.warning("no API keys configured (MILLRACE_API_KEYS): the API is open to anyone who can reach it")
+        elif not app.state.services.scrapers.enabled:
+            log.info("/metrics is open without a key (the Prometheus convention); set MILLRACE_METRICS_TOKEN to "
+                     "require a scrape token")
         try:
             yield
         finally:
@@ -210,12 +216,13 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
 
     app.include_router(routes.router)
     app.include_router(sources.router)
+    app.include_router(responses.router)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"}
 
-    @app.get("/ready", dependencies=[Depends(routes.authorized)])
+    @app.get("/ready", dependencies=[Depends(routes.probed)])
     async def ready(request: Request):
         svc = request.app.state.services
         checks, ok = {}, True
@@ -233,7 +240,7 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
                 ok, checks["llm"] = False, {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", dependencies=[Depends(routes.authorized)])
+    @app.get("/metrics", dependencies=[Depends(routes.scraped)])
     async def metrics(request: Request):
         registry = request.app.state.services.metrics.registry
         return Response(await to_thread.run_sync(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)

@@ -13,7 +13,9 @@ from typing import Any
 from serving.schemas import Citation, Passage, url_citation
 
 MARKER = re.compile(r"\[(\d{1,3})\]")
-_PARTIAL = re.compile(r"\[\d{0,3}$")  # a tail that may still become a marker
+# A tail that may still become a marker. \Z, not $: $ also matches before a final newline, which held back "[" of
+# "[\n" and cut the newline in its place.
+_PARTIAL = re.compile(r"\[\d{0,3}\Z")
 
 
 def citation_of(passage: Passage) -> Citation:

@@ -51,6 +51,12 @@ class ServeSettings(Settings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_block: str = ""  # a Prefect Secret block holding a key or a JSON list of keys
     rate_limit_per_min: int = 0  # requests per key (or per client address without keys) and minute; 0: off
+    # Set: /metrics wants `Authorization: Bearer <token>` (Prometheus' `authorization` block); empty: /metrics is open,
+    # as vLLM's is. Either way a scrape never counts against a user's rate limit.
+    metrics_token: SecretStr = SecretStr("")
+    # The secret the prompt's fence tag is derived from (serving.prompt.fence_tag). Empty: one is generated once and
+    # kept in <home>/fence.key; replicas that do not share a home should share this value so they build the same prompt.
+    fence_key: SecretStr = SecretStr("")
 
     redis_url: SecretStr = SecretStr("")  # set: caches and rate limits live in this Redis, shared by replicas
     cache: bool = True  # exact result cache, keyed by the index version

@@ -31,6 +31,23 @@ async def authorized(request: Request) -> str:
     return who
 
 
+async def probed(request: Request) -> None:
+    """/ready: an API key when keys are set (its checks name the backends), or the scrape token. Never rate limited:
+    probes poll, and must neither spend a user's quota nor be refused for it."""
+    svc = services(request)
+    given = request.headers.get("authorization")
+    if svc.keys.enabled and not svc.scrapers.accepts(given):
+        svc.keys.check(given)
+
+
+async def scraped(request: Request) -> None:
+    """/metrics: the scrape token when MILLRACE_METRICS_TOKEN is set, else open (Prometheus' convention; vLLM's
+    /metrics stays open under --api-key too). Never rate limited: a scrape is not a user's request."""
+    svc = services(request)
+    if svc.scrapers.enabled:
+        svc.scrapers.check(request.headers.get("authorization"))
+
+
 router = APIRouter(dependencies=[Depends(authorized)])
 
 
@@ -157,14 +174,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     async def events() -> AsyncIterator[str]:
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for text, spans in gen.deltas():
-                delta: dict[str, Any] = {"content": text}
-                if spans:
-                    delta["annotations"] = gen.filter.annotations(spans)
-                yield chunk(delta)
+            async for text, _ in gen.deltas():
+                yield chunk({"content": text})
             a = gen.answer()
-            yield chunk({}, a.finish_reason or "stop", citations=[c.model_dump() for c in a.citations],
-                        millrace=_extra(a))
+            # The annotations go once, whole, in the last delta: the SDKs' stream helpers accumulate a list delta
+            # differently (openai-python merges entries by an `index` key and concatenates the strings of a repeated
+            # one; openai-node replaces the list), and a single complete list is what both end up with intact.
+            yield chunk({"annotations": gen.filter.annotations()}, a.finish_reason or "stop",
+                        citations=[c.model_dump() for c in a.citations], millrace=_extra(a))
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
                             "choices": [], "usage": _usage(a.usage)})

@@ -3,16 +3,23 @@
 Keys come from MILLRACE_API_KEYS and/or a Prefect Secret block (MILLRACE_API_KEYS_BLOCK, read once at start, the only
 place serving touches Prefect). Keys are compared as SHA-256 digests in constant time, and a key is known to logs,
 Redis and metrics only by a short digest. The limit is a fixed one-minute window per key (per client address when no
-keys are configured), counted in Redis when MILLRACE_REDIS_URL is set, so replicas share it."""
+keys are configured), counted in Redis when MILLRACE_REDIS_URL is set, so replicas share it. Monitoring is outside
+both: /metrics takes its own scrape token (MILLRACE_METRICS_TOKEN) or none, and no probe or scrape is counted.
+
+The fence key is the secret the prompt's fence tag is derived from (serving.prompt.fence_tag)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import os
+import secrets
 import threading
 import time
+from pathlib import Path
 
+from millrace.config import ConfigError
 from serving.config import ServeSettings
 from serving.errors import ServingError
 
@@ -32,25 +39,40 @@ def keys_from_block(name: str) -> list[str]:
 
 
 class KeyRing:
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, keys: list[str], what: str = "API key"):
+        self._digests, self.what = [key_digest(k) for k in keys if k], what
+
+    @classmethod
+    def of_users(cls, settings: ServeSettings) -> "KeyRing":
         keys = [k.get_secret_value() for k in settings.api_keys]
         if settings.api_keys_block:
             keys += keys_from_block(settings.api_keys_block)
-        self._digests = [key_digest(k) for k in keys if k]
+        return cls(keys)
+
+    @classmethod
+    def of_scrapers(cls, settings: ServeSettings) -> "KeyRing":
+        return cls([settings.metrics_token.get_secret_value()], "scrape token (MILLRACE_METRICS_TOKEN)")
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
+    def accepts(self, authorization: str | None) -> bool:
+        try:
+            self.check(authorization)
+            return True
+        except ServingError:
+            return False
+
     def check(self, authorization: str | None) -> str:
         """The caller's identity (a key digest prefix) or ServingError(401)."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ServingError(401, "unauthorized", "missing API key: send `Authorization: Bearer <key>`",
+            raise ServingError(401, "unauthorized", f"missing {self.what}: send `Authorization: Bearer <key>`",
                                {"WWW-Authenticate": "Bearer"})
         given = key_digest(token.strip())
         if not any(hmac.compare_digest(given, d) for d in self._digests):
-            raise ServingError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
+            raise ServingError(401, "unauthorized", f"invalid {self.what}", {"WWW-Authenticate": "Bearer"})
         return given[:16]
 
 
@@ -103,3 +125,35 @@ class RateLimiter:
             retry = max(1, int((window + 1) * self.WINDOW_S - now) + 1)
             raise ServingError(429, "rate_limited", f"rate limit of {self.limit} requests a minute reached; "
                                                     f"retry in {retry} s", {"Retry-After": str(retry)})
+
+
+FENCE_KEY_FILE = "fence.key"
+
+
+def fence_key(settings: ServeSettings) -> bytes:
+    """MILLRACE_FENCE_KEY, or the key in <home>/fence.key, made once (32 random bytes) by the first process to need it.
+    The file appears whole or not at all (written aside, then linked into place), so concurrent starts agree."""
+    configured = settings.fence_key.get_secret_value()
+    if configured:
+        return configured.encode()
+    path = Path(settings.home) / FENCE_KEY_FILE
+    try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            aside = path.with_name(f".{FENCE_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # another process made it first: its key is the one
+            finally:
+                aside.unlink()
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot keep the prompt's fence key in {path} ({exc.strerror}): make MILLRACE_HOME "
+                          "writable, or set MILLRACE_FENCE_KEY to a long random string") from exc
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds no usable fence key: delete it (a new one is made) or set MILLRACE_FENCE_KEY")
+    return key.encode()

@@ -3,6 +3,9 @@ Lite file has one opener per process), so a test can ingest beside it as `make s
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ from millrace.samples import write_samples
 from serving.config import ServeSettings
 from tests.conftest import free_port
 
+NODE_DIR = Path(__file__).parent / "node"  # the Node scripts and their pinned `openai` npm package
 RARE = "QX-48213-ZB"  # a part number: one document has it, others have near-identical ones
 
 
@@ -70,3 +74,21 @@ def serve_app(settings: ServeSettings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def run_node(script: str, config: dict, timeout: float = 300) -> dict:
+    """Runs `node tests/serving/node/<script> '<config as JSON>'` and returns the JSON object it prints last (the
+    scripts' convention, tests/serving/node/common.mjs). `make install` puts Node (Debian) and the pinned npm packages
+    there (`npm ci`)."""
+    import pytest
+
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "openai").is_dir():
+        pytest.fail("Node or the pinned openai npm package is missing: run `make install` (apt nodejs npm, then "
+                    "`npm ci` in tests/serving/node)", pytrace=False)
+    done = subprocess.run([node, str(NODE_DIR / script), json.dumps(config)], cwd=NODE_DIR, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    result = json.loads(lines[-1]) if lines else {}
+    assert done.returncode == 0 and "error" not in result, (done.returncode, result.get("error"), done.stderr[-3000:])
+    return result

@@ -129,6 +129,24 @@ def test_limits_are_422_with_a_reason(api, vllm_server):
     assert models[0]["id"] == vllm_server.model and models[0]["max_model_len"] == 2048
 
 
+def test_the_same_question_at_temperature_0_gets_the_same_prompt_and_answer(api, index, vllm_server):
+    """The cache is off (the `api` fixture): each answer is a fresh generation. The prompt's fence tag comes from the
+    server's fence key and the passages, so the prompt repeats, and with it the answer; a restarted server reads the
+    same key from its home."""
+    def ask(url: str) -> tuple[int, str, list]:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model=vllm_server.model, messages=[{"role": "user", "content": QUESTION}],
+                                           temperature=0)
+        assert not r.model_extra["millrace"]["cached"]
+        return r.usage.prompt_tokens, r.choices[0].message.content, r.model_extra["citations"]
+
+    answers = [ask(api) for _ in range(4)]
+    with serve_app(llm_settings(index, vllm_server, cache=False)) as restarted:
+        answers.append(ask(restarted))
+    assert len(set(map(repr, answers))) == 1, answers
+    assert (index[0].home / "fence.key").is_file()
+
+
 def test_a_cache_hit_skips_milvus_and_the_llm(index, vllm_server):
     settings = llm_settings(index, vllm_server, semantic_cache=True, semantic_threshold=0.9)
     with serve_app(settings) as url:

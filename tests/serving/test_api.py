@@ -4,6 +4,7 @@ readiness and metrics, and answers refused clearly without an LLM."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -132,20 +133,67 @@ def test_a_cited_document_opens_from_its_source(api):
     assert httpx.get(f"{api}/v1/sources/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
 
+def fresh_window() -> None:
+    """Waits, if need be, until the rate limiter's one-minute window has 20 s left, so a test's counts all land in one
+    window (the counts are asserted, not the time)."""
+    left = 60 - time.time() % 60
+    if left < 20:
+        time.sleep(left + 0.2)
+
+
 def test_keys_and_rate_limits(index):
     settings = index[0].model_copy(update={"api_keys": [SecretStr("k-one"), SecretStr("k-two")], "rate_limit_per_min": 3})
     with serve_app(settings) as url:
+        fresh_window()
         body = {"query": "turbine", "k": 1}
         assert post(url, "/v1/search", body).status_code == 401
         assert post(url, "/v1/search", body, headers={"Authorization": "Bearer nope"}).status_code == 401
         assert httpx.get(url + "/health").status_code == 200
-        assert httpx.get(url + "/metrics").status_code == 401
         one = {"Authorization": "Bearer k-one"}
-        assert [post(url, "/v1/search", body, headers=one).status_code for _ in range(3)] == [200] * 3
+        assert post(url, "/v1/search", body, headers=one).status_code == 200
+        # Probes and scrapes, many more than the limit, none counted: k-one still has exactly 2 requests left.
+        for _ in range(10):
+            assert httpx.get(url + "/metrics").status_code == 200  # open: no MILLRACE_METRICS_TOKEN
+            assert httpx.get(url + "/metrics", headers=one).status_code == 200
+            assert httpx.get(url + "/ready", headers=one).status_code == 200
+            assert httpx.get(url + "/health", headers=one).status_code == 200
+        assert httpx.get(url + "/ready").status_code == 401  # its checks name the backends: a key is still needed
+        assert [post(url, "/v1/search", body, headers=one).status_code for _ in range(2)] == [200] * 2
         limited = post(url, "/v1/search", body, headers=one)
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         # The limit is per key: the other key still gets through.
         assert post(url, "/v1/search", body, headers={"Authorization": "Bearer k-two"}).status_code == 200
+
+
+def test_a_scrape_token_guards_metrics_and_no_scrape_or_probe_spends_a_users_quota(index):
+    settings = index[0].model_copy(update={"api_keys": [SecretStr("k-one")], "rate_limit_per_min": 2,
+                                           "metrics_token": SecretStr("scrape-secret")})
+    scraper, one = {"Authorization": "Bearer scrape-secret"}, {"Authorization": "Bearer k-one"}
+    with serve_app(settings) as url:
+        fresh_window()
+        refused = httpx.get(url + "/metrics")
+        assert refused.status_code == 401 and "MILLRACE_METRICS_TOKEN" in refused.json()["error"]["message"]
+        assert httpx.get(url + "/metrics", headers=one).status_code == 401  # a user key is not the scrape token
+        assert post(url, "/v1/search", {"query": "turbine", "k": 1}, headers=scraper).status_code == 401  # nor back
+        assert [post(url, "/v1/search", {"query": "turbine", "k": 1}, headers=one).status_code
+                for _ in range(3)] == [200, 200, 429]
+        for _ in range(10):  # the key is past its limit: scrapes and probes still answer
+            scrape = httpx.get(url + "/metrics", headers=scraper)
+            assert scrape.status_code == 200 and "millrace_request_seconds" in scrape.text
+            assert httpx.get(url + "/ready", headers=scraper).status_code == 200
+            assert httpx.get(url + "/ready", headers=one).status_code == 200
+        assert "scrape-secret" not in scrape.text
+        limited = post(url, "/v1/search", {"query": "turbine", "k": 1}, headers=one)
+        assert limited.status_code == 429 and "2 requests a minute" in limited.json()["error"]["message"]
+
+
+def test_without_keys_a_scrape_does_not_spend_the_scrapers_address_quota(index):
+    settings = index[0].model_copy(update={"rate_limit_per_min": 2})  # per client address: all of loopback here
+    with serve_app(settings) as url:
+        fresh_window()
+        for _ in range(10):
+            assert httpx.get(url + "/metrics").status_code == 200 and httpx.get(url + "/ready").status_code == 200
+        assert [post(url, "/v1/search", {"query": "turbine", "k": 1}).status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_keys_from_the_environment_split_on_commas(monkeypatch):

@@ -50,3 +50,8 @@ def test_invalid_markers_are_dropped_and_citations_are_in_order_of_first_use():
 
 def test_an_unfinished_marker_at_the_end_is_plain_text():
     assert run(["ends with [1"]).text == "ends with [1"
+
+
+def test_a_bracket_before_a_newline_at_a_delta_end_is_not_held_in_place_of_the_newline():
+    text = "[1] a [\n[1]"
+    assert run([text[:8], text[8:]]).text == run([text]).text == text
