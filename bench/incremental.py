@@ -66,10 +66,11 @@ def main() -> None:
     from distributed import LocalCluster
 
     from flows.api import ensure_prefect_api
+
+    ensure_prefect_api()  # before flows.runner imports Prefect: Prefect reads PREFECT_HOME once, on import
     from flows.runner import local_layout
     from millrace.config import load_settings
 
-    ensure_prefect_api()
     os.environ.pop("MILLRACE_DASK_ADDRESS", None)
     rows = series("embedded default", args.corpus, args.limit, args.fraction, "")
     workers, threads = local_layout(load_settings())

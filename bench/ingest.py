@@ -20,11 +20,12 @@ def main() -> None:
     ap.add_argument("--name", default="", help="result file bench/results/ingest_<name>.json")
     args = ap.parse_args()
     from flows.api import ensure_prefect_api
+
+    ensure_prefect_api()  # before flows.bench imports Prefect: Prefect reads PREFECT_HOME once, on import
     from flows.bench import bench_ingest
     from millrace.benchmark import format_ingest
     from millrace.config import load_settings
 
-    ensure_prefect_api()
     result = bench_ingest(args.corpus, load_settings(device=args.device), limit=args.limit)
     print(format_ingest(result))
     name = args.name or ("scifact" if "scifact" in args.corpus else "corpus")

@@ -51,7 +51,7 @@ def replica_home(source: Path, name: str) -> Path:
     """A private copy of the index: replicas must not share one Lite file, nor hold another benchmark's."""
     dest = WORK / name
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.owner.json", "*.lock"))
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.lock"))
     return dest
 
 

@@ -20,7 +20,20 @@ from pathlib import Path
 from millrace.config import ConfigError
 
 _guard = threading.Lock()
-_held: dict[str, tuple[int, int]] = {}  # lock path -> (pid that took it, fd); a forked child must take its own
+_held: dict[str, int] = {}  # lock path -> the descriptor holding its flock
+
+
+def _drop_in_child() -> None:
+    """A forked child shares the holder's open file description, so its copy of the descriptor would keep the lock
+    after the holder exits (naming a dead pid): close it. That releases nothing while the holder lives."""
+    global _guard
+    _guard = threading.Lock()  # another thread may have held it at the fork
+    for fd in _held.values():
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class LiteHeld(ConfigError):
@@ -34,7 +47,7 @@ def lock_path(lite_uri: str | os.PathLike) -> Path:
 
 def _this_command() -> str:
     """`millrace serve`, `millrace ingest`, or the program's name: never more of argv, which may hold secrets."""
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ("", "-c") else "python"
     if prog == "millrace" and len(sys.argv) > 1 and sys.argv[1].isidentifier():
         return f"millrace {sys.argv[1]}"
     return prog
@@ -67,9 +80,9 @@ def hold(lite_uri: str | os.PathLike, command: str | None = None, url: str = "")
     path = lock_path(lite_uri)
     with _guard:
         taken = _held.get(str(path))
-        if taken and taken[0] == os.getpid():
+        if taken is not None:
             if command or url:
-                _describe(taken[1], command, url)
+                _describe(taken, command, url)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # No O_TRUNC: a refused process must leave the holder's note as it is.
@@ -84,7 +97,7 @@ def hold(lite_uri: str | os.PathLike, command: str | None = None, url: str = "")
         except BaseException:
             os.close(fd)
             raise
-        _held[str(path)] = (os.getpid(), fd)
+        _held[str(path)] = fd
         _describe(fd, command, url)
 
 

@@ -284,7 +284,7 @@ class MilvusStore:
             self._call("drop_collection", self.collection)
         self._described = self._full_text = None
 
-    def _missing(self) -> ConfigError:
+    def missing(self) -> ConfigError:
         return ConfigError(f"collection {self.collection} does not exist: run `millrace ingest` first")
 
     def search(self, vector: Sequence[float] | np.ndarray, k: int = 10, expr: str = "", text: str | None = None,
@@ -301,7 +301,7 @@ class MilvusStore:
             raise ConfigError(f"unknown search mode {mode!r}: use dense, bm25 or hybrid")
         if mode != "dense" and not self.has_full_text():
             if not self.exists():
-                raise self._missing()
+                raise self.missing()
             raise ConfigError(f"collection {self.collection} has no BM25 field, so {mode} search is impossible: it "
                               "was created before full-text indexing or on a Milvus < 2.5. Re-create it (ingest into a "
                               "new --collection) on Milvus Lite or Milvus >= 2.5")
@@ -335,7 +335,7 @@ class MilvusStore:
                                  limit=fetch, output_fields=OUTPUT_FIELDS, **level)
         except Exception:
             if not self.exists():
-                raise self._missing() from None
+                raise self.missing() from None
             raise
         out = []
         for hits in res:

@@ -14,7 +14,6 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Request
@@ -148,8 +147,7 @@ def _route(scope) -> str:
     return getattr(route, "path", None) or ("static" if scope["path"].startswith("/static") else "other")
 
 
-def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = None) -> FastAPI:
-    """The app; `on_stop` runs at shutdown (uvicorn re-raises SIGTERM after it, so code after uvicorn.run never runs)."""
+def create_app(settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,8 +160,6 @@ def create_app(settings: ServeSettings, on_stop: Callable[[], None] | None = Non
         try:
             yield
         finally:
-            if on_stop is not None:
-                on_stop()
             svc = app.state.services
             svc.retrieval.close()
             if svc.answers.llm is not None:

@@ -78,6 +78,5 @@ class CitationFilter:
             seen.setdefault(n, citation_of(self.passages[n - 1]))
         return list(seen.values())
 
-    def annotations(self, spans: list[tuple[int, int, int]] | None = None) -> list[dict[str, Any]]:
-        return [url_citation(s, e, citation_of(self.passages[n - 1])) for s, e, n in
-                (self.spans if spans is None else spans)]
+    def annotations(self) -> list[dict[str, Any]]:
+        return [url_citation(s, e, citation_of(self.passages[n - 1])) for s, e, n in self.spans]

@@ -103,6 +103,10 @@ class RetrievalService:
                 await self._io(self.retriever.check_model, snap.store)
         except ConfigError as exc:
             raise ServingError(409, "model_mismatch", str(exc)) from exc
+        if not self.retriever.model_checked(snap.store):
+            # check_model found no collection: the search's own 404, without the search, which Milvus Lite would
+            # also answer with an error line of its own on the server's terminal.
+            raise ServingError(404, "index", str(snap.store.missing()))
         embedder, model = self.retriever.query_embedder(snap.store.collection)
         if model not in self._batchers:
             self._batchers[model] = MicroBatcher(embedder.encode, on_batch=self.metrics.embed_batch.observe)

@@ -77,6 +77,10 @@ class Retriever:
         if mode == "bm25":  # terms only: no query vector, so any model will do
             return store.search([0.0], k, text=text, mode=mode)
         self.check_model(store)
+        if not self.model_checked(store):
+            # No collection (check_model found none): said before searching, which Milvus Lite would answer with
+            # an error line of its own on the terminal ("Can not find ...'s schema").
+            raise store.missing()
         return store.search(self._embedder(store.collection)[0].encode([text])[0], k, text=text, mode=mode)
 
     def search(self, text: str, k: int = 10, mode: str | None = None) -> list[Hit]:

@@ -71,6 +71,34 @@ def test_the_lock_goes_with_its_holder(tmp_path, how):
     assert after.returncode == 0 and "got it" in after.stdout, after.stdout + after.stderr
 
 
+FORK_AND_EXIT = textwrap.dedent("""
+    import os, sys, time
+    from millrace.lite_lock import hold
+    hold(sys.argv[1])
+    child = os.fork()
+    if child == 0:  # a forked child (no exec) that outlives the holder
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1), os.dup2(devnull, 2)  # so the test's pipes close when the holder exits
+        time.sleep(600)
+        os._exit(0)
+    print(child, flush=True)
+""")
+
+
+@pytest.mark.unit
+def test_a_forked_child_does_not_keep_the_lock_after_its_holder_exits(tmp_path):
+    db = tmp_path / "milvus.db"
+    parent = subprocess.run([sys.executable, "-c", FORK_AND_EXIT, str(db)], capture_output=True, text=True,
+                            timeout=60)
+    assert parent.returncode == 0, parent.stderr
+    child = int(parent.stdout.split()[0])
+    try:
+        after = _try(db)
+        assert after.returncode == 0 and "got it" in after.stdout, after.stdout + after.stderr
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 @pytest.mark.unit
 def test_taking_it_again_in_the_same_process_is_allowed(tmp_path):
     db = tmp_path / "milvus.db"
