@@ -234,6 +234,7 @@ def test_the_llm_killed_mid_stream_ends_the_stream_with_an_error_event(index, vl
     tests after it find one)."""
     settings = llm_settings(index, vllm_server, cache=False, llm_extra={"ignore_eos": True})  # vLLM: no early stop
     try:
+        vllm_server.fresh()
         with serve_app(settings) as url:
             got: list[str] = []
             body = {"query": QUESTION, "stream": True, "k": 1, "max_tokens": 1200}

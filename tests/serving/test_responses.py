@@ -251,6 +251,7 @@ def test_the_llm_killed_mid_stream_ends_the_stream_with_error_then_failed(index,
     """Last in this module: it kills the session's vLLM server, and starts it again (also when it fails)."""
     settings = llm_settings(index, vllm_server, cache=False, llm_extra={"ignore_eos": True})  # vLLM: no early stop
     try:
+        vllm_server.fresh()
         with serve_app(settings) as url:
             with client(url).responses.create(model="millrace", input=QUESTION, max_output_tokens=1200,
                                               stream=True, extra_body={"millrace": {"k": 1}}) as stream:
