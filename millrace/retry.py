@@ -52,8 +52,11 @@ _THROTTLE_CODES = {"Throttling", "ThrottlingException", "ThrottledException", "R
 _GRPC_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
 # Milvus server error codes (pkg/util/merr) the server marks retriable: service unavailable, request limit, rate limit.
 _MILVUS_TRANSIENT_CODES = {2, 4, 8}
+# "collection not loaded" too: a restarted Milvus reloads its loaded collections in the background, and answers that
+# meanwhile (seen right after a standalone restart); a collection someone released fails after the retries, saying so.
 _MILVUS_TRANSIENT_TEXT = ("server unavailable", "service unavailable", "service not ready", "rate limit",
-                          "statuscode.unavailable", "fail connecting to server", "connection refused")
+                          "statuscode.unavailable", "fail connecting to server", "connection refused",
+                          "collection not loaded")
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

@@ -22,6 +22,7 @@ class FaultProxy:
         self.accepted = 0
         self.requests = 0  # client chunks that begin with an HTTP method: roughly, HTTP requests seen
         self.trips: list[tuple[bytes, str, float, threading.Event]] = []
+        self.cuts: list[tuple[bytes, int]] = []
         self._conns: set[socket.socket] = set()
         self._held: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -66,6 +67,12 @@ class FaultProxy:
         self.trips.append((marker, mode, seconds, fired))
         return fired
 
+    def cut_answer(self, marker: bytes, keep: int) -> None:
+        """On a connection whose request contains `marker`, pass the first `keep` bytes of the answer, then close both
+        sides: a server dying mid-answer, at a byte the test chooses rather than whenever its process happens to die
+        (a server that sends its answer in one burst would otherwise have sent it all)."""
+        self.cuts.append((marker, keep))
+
     def close(self) -> None:
         self._closed = True
         self.set_mode("refuse")
@@ -101,14 +108,18 @@ class FaultProxy:
             return
         with self._lock:
             self._conns |= {client, server}
-        threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-        self._pipe(client, server, True)
+        cut: dict[str, int] = {}  # "left": answer bytes still to pass on this connection, once a cut is armed
+        threading.Thread(target=self._pipe, args=(server, client, False, cut), daemon=True).start()
+        self._pipe(client, server, True, cut)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool, cut: dict[str, int]) -> None:
         try:
             while data := src.recv(65536):
                 if from_client and data[:8].split(b" ", 1)[0] in (b"GET", b"PUT", b"POST", b"HEAD", b"DELETE"):
                     self.requests += 1
+                    for marker, keep in self.cuts:
+                        if marker in data:
+                            cut.setdefault("left", keep)
                     for marker, mode, seconds, fired in self.trips:
                         if not fired.is_set() and marker in data:
                             fired.set()
@@ -119,6 +130,12 @@ class FaultProxy:
                     continue
                 if self.mode not in ("pass", "swallow"):
                     return
+                if not from_client and "left" in cut:
+                    data, cut["left"] = data[:cut["left"]], cut["left"] - len(data[:cut["left"]])
+                    dst.sendall(data)
+                    if cut["left"] <= 0:
+                        return  # the finally closes both sides
+                    continue
                 dst.sendall(data)
         except OSError:
             pass

@@ -96,6 +96,15 @@ def test_an_unreachable_milvus_is_transient_and_its_cyclic_chain_is_walked_once(
     assert not is_transient(ParamError(message="dim must be positive"))
 
 
+def test_a_collection_not_yet_reloaded_after_a_milvus_restart_is_transient():
+    """What a Milvus standalone answered a query right after its restart (tests/flows/test_faults_milvus.py), while
+    it reloaded its collections in the background; Milvus Lite does not enforce loading, so the error is built here."""
+    from pymilvus.exceptions import MilvusException
+
+    assert is_transient(MilvusException(code=101, message="failed to query: collection not loaded[collection=47]"))
+    assert not is_transient(MilvusException(code=100, message="collection not found[collection=t]"))
+
+
 def test_mistakes_are_never_retried(tmp_path):
     try:
         try:

