@@ -79,7 +79,7 @@ def finished(resp: ResponseObject, gen: Generation, item: OutputMessage) -> Resp
     return resp.model_copy(update={
         "status": "incomplete" if cut else "completed", "output": [item], "usage": Usage.of(a.usage),
         "incomplete_details": IncompleteDetails(reason="max_output_tokens") if cut else None,
-        "citations": [c.model_dump() for c in a.citations], "millrace": routes._extra(a)})
+        "citations": [c.model_dump() for c in a.citations], "millrace": routes.millrace_extra(a)})
 
 
 @router.post("/v1/responses")
@@ -96,8 +96,8 @@ async def create_response(body: ResponsesRequest, request: Request):
         raise ServingError(404, "model_not_found", f"model {body.model!r} is not served here; GET /v1/models lists "
                                                    f"{model!r}")
     opts = body.millrace
-    k = routes._k(svc, opts.k if opts else None, svc.settings.answer_k)
-    max_tokens = routes._max_tokens(svc, body.max_output_tokens)
+    k = routes.capped_k(svc, opts.k if opts else None, svc.settings.answer_k)
+    max_tokens = routes.capped_max_tokens(svc, body.max_output_tokens)
     temperature = svc.settings.llm_temperature if body.temperature is None else body.temperature
     params: dict[str, Any] = {"temperature": temperature}
     if body.top_p is not None:

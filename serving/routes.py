@@ -51,7 +51,7 @@ async def scraped(request: Request) -> None:
 router = APIRouter(dependencies=[Depends(authorized)])
 
 
-def _k(svc, k: int | None, default: int) -> int:
+def capped_k(svc, k: int | None, default: int) -> int:
     k = k or default
     if k > svc.settings.top_k_cap:
         raise ServingError(422, "invalid_request", f"k {k} is above the cap of {svc.settings.top_k_cap} "
@@ -59,7 +59,7 @@ def _k(svc, k: int | None, default: int) -> int:
     return k
 
 
-def _max_tokens(svc, requested: int | None) -> int:
+def capped_max_tokens(svc, requested: int | None) -> int:
     n = requested or svc.settings.max_tokens
     if n > svc.settings.max_tokens_cap:
         raise ServingError(422, "invalid_request", f"max_tokens {n} is above the cap of "
@@ -71,7 +71,7 @@ def _max_tokens(svc, requested: int | None) -> int:
 async def search(body: SearchRequest, request: Request) -> SearchResponse:
     svc = services(request)
     t0 = time.perf_counter()
-    k = _k(svc, body.k, 10)
+    k = capped_k(svc, body.k, 10)
     r = svc.retrieval
     snap = await r.snapshot()
     mode = await to_thread.run_sync(r.mode, snap, body.mode)
@@ -99,7 +99,7 @@ def _sse(data: Any, event: str | None = None) -> str:
 @router.post("/v1/answer")
 async def answer(body: AnswerRequest, request: Request):
     svc = services(request)
-    k, max_tokens = _k(svc, body.k, svc.settings.answer_k), _max_tokens(svc, body.max_tokens)
+    k, max_tokens = capped_k(svc, body.k, svc.settings.answer_k), capped_max_tokens(svc, body.max_tokens)
     temperature = svc.settings.llm_temperature if body.temperature is None else body.temperature
     job = await svc.answers.prepare([{"role": "user", "content": body.query}], body.query, k, body.mode, body.filter,
                                     max_tokens, {"temperature": temperature})
@@ -148,8 +148,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                                    f"{model!r}")
     conversation, query = _conversation(body)
     opts = body.millrace
-    k = _k(svc, opts.k if opts else None, svc.settings.answer_k)
-    max_tokens = _max_tokens(svc, body.max_completion_tokens or body.max_tokens)
+    k = capped_k(svc, opts.k if opts else None, svc.settings.answer_k)
+    max_tokens = capped_max_tokens(svc, body.max_completion_tokens or body.max_tokens)
     params = {"temperature": svc.settings.llm_temperature if body.temperature is None else body.temperature}
     for name in ("top_p", "seed", "stop", "logit_bias"):
         if getattr(body, name) is not None:
@@ -165,7 +165,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                              "message": {"role": "assistant", "content": a.answer, "refusal": None,
                                          "annotations": gen.filter.annotations()}}],
                 "usage": _usage(a.usage), "citations": [c.model_dump() for c in a.citations],
-                "millrace": _extra(a)}
+                "millrace": millrace_extra(a)}
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
@@ -181,7 +181,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             # differently (openai-python merges entries by an `index` key and concatenates the strings of a repeated
             # one; openai-node replaces the list), and a single complete list is what both end up with intact.
             yield chunk({"annotations": gen.filter.annotations()}, a.finish_reason or "stop",
-                        citations=[c.model_dump() for c in a.citations], millrace=_extra(a))
+                        citations=[c.model_dump() for c in a.citations], millrace=millrace_extra(a))
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
                             "choices": [], "usage": _usage(a.usage)})
@@ -199,7 +199,7 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _extra(a) -> dict[str, Any]:
+def millrace_extra(a) -> dict[str, Any]:
     return {"index_version": a.index_version, "collection": a.collection, "cached": a.cached,
             "timings_ms": a.timings_ms, "passages": [p.model_dump() for p in a.passages]}
 
