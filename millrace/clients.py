@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from millrace.config import Settings
 
 if TYPE_CHECKING:
+    from millrace.changequeue import ChangeQueue
     from millrace.chunk import Chunker
     from millrace.embed import Embedder
     from millrace.extract import Extractor
@@ -54,6 +55,12 @@ def ledger(settings: Settings) -> "Ledger":
     from millrace.ledger import Ledger
 
     return _get(("ledger", settings.resolved_ledger_url), lambda: Ledger(settings.resolved_ledger_url))
+
+
+def change_queue(settings: Settings) -> "ChangeQueue":
+    from millrace.changequeue import ChangeQueue
+
+    return _get(("queue", settings.resolved_ledger_url), lambda: ChangeQueue(settings.resolved_ledger_url))
 
 
 def embedder(settings: Settings) -> "Embedder":

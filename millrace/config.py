@@ -96,6 +96,24 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 60.0
     lease_wait_s: float = 3600.0
 
+    # Continuous indexing (millrace.changequeue, flows/drain.py). A draining run takes everything pending, up to
+    # these caps a round, round after round; it exits after drain_idle_s without work (or drain_max_run_s in all),
+    # checking the queue once more first. drain_poll_s: how often an idle drain looks at the queue.
+    drain_idle_s: float = 30.0
+    drain_max_run_s: float = 3600.0
+    drain_poll_s: float = 0.25
+    drain_max_changes: int = 1000
+    drain_max_bytes: int = 512 * 1024 * 1024
+    # An object that keeps failing transiently is retried with the transient backoff, then set aside as dead.
+    drain_max_attempts: int = 5
+    # S3 -> SQS notifications (serving/sqs.py): the queue to long-poll, and the dead-letter queue that poison
+    # messages and objects that keep failing go to (with their reason); a message is dead after sqs_max_receives.
+    sqs_queue_url: str = ""
+    sqs_dlq_url: str = ""
+    sqs_max_receives: int = 5
+    sqs_wait_s: int = 20
+    sqs_visibility_s: int = 60
+
     # Test-only fault injection: a file <fault_dir>/<doc_id> holding a reason (e.g. "timeout") makes the next
     # extraction of that document fail with that reason, once. Empty in production.
     fault_dir: str = ""

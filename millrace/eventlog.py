@@ -3,17 +3,15 @@ without emitting again) and the last event of each object (for `millrace status 
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Iterable
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine, delete, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from millrace.config import Settings
+from millrace.db import engine_for
 from millrace.s3events import S3Change, coalesce, newer
 
 # Our own MetaData: these tables live in the ledger database but belong to the relay, not to the ledger's schema.
@@ -42,38 +40,6 @@ s3_last_events = Table(
 # SNS gives up on a delivery long before this; ids older than it can no longer come back.
 MESSAGE_RETENTION_S = 14 * 24 * 3600.0
 
-_engines: dict[str, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def _engine(url: str) -> Engine:
-    with _engines_lock:
-        engine = _engines.get(url)
-        if engine is None:
-            kwargs: dict = {}
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-                kwargs["connect_args"] = {"timeout": 60}  # flows write the same file: wait for them, don't fail
-            engine = _engines[url] = create_engine(url, future=True, **kwargs)
-            if engine.dialect.name == "sqlite":
-                _begin_immediate(engine)
-            meta.create_all(engine)
-        return engine
-
-
-def _begin_immediate(engine: Engine) -> None:
-    """SQLite transactions that take the write lock at BEGIN. Python's sqlite3 otherwise runs the SELECT of a
-    read-compare-write outside the transaction, and two relay threads recording the same key lose an update (the
-    older event would win). SQLAlchemy's documented recipe; this engine is ours alone, the ledger's is untouched."""
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
 
 def _as_change(row: dict) -> S3Change:
     return S3Change(bucket=row["bucket"], key=row["key"], kind=row["event"], sequencer=row["sequencer"],
@@ -83,7 +49,7 @@ def _as_change(row: dict) -> S3Change:
 
 class EventLog:
     def __init__(self, url: str):
-        self.engine = _engine(url)
+        self.engine = engine_for(url, meta)
 
     def seen(self, message_id: str) -> bool:
         with self.engine.connect() as conn:
