@@ -1,5 +1,5 @@
 """The `millrace` console command: millrace.cli's parser and Prefect-free commands, plus the commands that run
-Prefect flows (ingest, eval, bench ingest).
+Prefect flows (ingest, eval, bench ingest, rebuild, watch, drain).
 
 Prefect is imported only by those commands, and by settings loading only when Prefect blocks are asked for
 (MILLRACE_BLOCKS / --blocks), so `millrace search` and `millrace status` start without it."""
@@ -189,6 +189,54 @@ def cmd_rollback(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     return 0
 
 
+def _folder(path: str) -> str:
+    if not os.path.isdir(path):
+        raise config.ConfigError(f"not a folder: {path}")
+    return path
+
+
+def cmd_watch(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    import signal
+    import threading
+
+    settings = cli.settings_from(args, load)
+    folder, stop = _folder(args.folder), threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the round in progress
+        print("millrace watch: stopping after the round in progress (Ctrl-C again to stop now)", file=sys.stderr,
+              flush=True)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+
+    def run():
+        from flows.watch import run_watch
+
+        run_watch(settings, folder, stop, report=lambda line: print(line, flush=True), options=flow_options(settings))
+
+    with_prefect(run, settings)
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
+    settings = cli.settings_from(args, load)
+    options = flow_options(settings)
+
+    def run():
+        from flows.drain import drain
+
+        return drain(collection=settings.collection, options=options)
+
+    done = with_prefect(run, settings)
+    print(json.dumps(done) if args.json else f"{done['collection']}: indexed {done['changes']} changes in "
+                                              f"{done['rounds']} round{'s' * (done['rounds'] != 1)} ({done['retrying']} "
+                                              f"retrying, {done['dead']} dead) in {done['seconds']:.1f}s")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     """The API (serving/): its own settings on top of the core's, Prefect blocks included when configured."""
     from serving.config import load_serve_settings
@@ -207,11 +255,24 @@ def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
             raise config.ConfigError(f"MILLRACE_API_KEYS_BLOCK={settings.api_keys_block!r}: {exc} in the Prefect API "
                                      f"at {os.environ.get('PREFECT_API_URL')}; save a Secret block by that name, "
                                      "or unset it") from None
-    return serve(settings, args.host, args.port)
+    background = None
+    if args.watch:  # here, in the process that serves: on the embedded default it is the one that owns the Lite file
+        from flows.api import ensure_prefect_api
+
+        folder, options = _folder(args.watch), flow_options(base)
+        ensure_prefect_api(base.home)
+        from flows.watch import run_watch  # imports Prefect now, not in the thread after the server is up
+
+        watch_log = logging.getLogger("millrace.watch")
+
+        def background(stop):
+            with_prefect(lambda: run_watch(base, folder, stop, report=watch_log.info, options=options), base)
+    return serve(settings, args.host, args.port, background=background)
 
 
 HANDLERS: dict[str, cli.Command] = {"serve": cmd_serve, "ingest": cmd_ingest, "eval": cmd_eval, "bench": cmd_bench,
-                                    "rebuild": cmd_rebuild, "rollback": cmd_rollback}
+                                    "rebuild": cmd_rebuild, "rollback": cmd_rollback, "watch": cmd_watch,
+                                    "drain": cmd_drain}
 
 
 def main(argv: list[str] | None = None) -> int:

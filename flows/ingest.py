@@ -22,7 +22,7 @@ from prefect.utilities.annotations import quote
 
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
-from flows.runner import dask_task_runner
+from flows.runner import WarmCluster, dask_task_runner
 from millrace import clients, pipeline, staging, telemetry, versions
 from millrace import plan as planning
 from millrace.config import Settings
@@ -82,16 +82,21 @@ def epoch(when: date | datetime | None) -> float | None:
 
 def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
                objects: list[str] | None = None, *, since: float | None = None,
-               physical: str | None = None) -> dict[str, Any]:
+               physical: str | None = None, round_id: str | None = None, runner: WarmCluster | None = None,
+               artifacts: bool = True) -> dict[str, Any]:
+    """One mirroring run. A draining run (flows/drain.py) calls it once per round: `round_id` names the round's
+    ledger run while the lease stays the flow run's, `runner` is the Dask runner it holds for all its rounds, and
+    `artifacts=False` leaves the per-round reporting to the drain."""
     log = get_run_logger()
     started = time.perf_counter()
-    run_id = str(flow_run.get_id() or uuid.uuid4())
+    lease_id = str(flow_run.get_id() or uuid.uuid4())
+    run_id = round_id or lease_id
     ledger, logical = clients.ledger(settings), settings.collection
     scope = planning.Scope(source=canonical_source_uri(source), include=settings.include, exclude=settings.exclude,
                            objects=None if objects is None else sorted({o.strip("/") for o in objects}), since=since)
     # The lease is on the name readers use, so a rebuild (which holds it throughout) and ordinary runs take turns;
     # a rebuild's own ingests (`physical`: its new collection) re-enter its lease with its run id.
-    lease = Lease(ledger, logical, run_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
+    lease = Lease(ledger, logical, lease_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
                   settings.lease_wait_s, on_wait=log.warning)
     with lease, versions.writing(settings, physical) as settings:
         if physical is not None:  # one source of a rebuild: a run (ledger row, listing, staging) of its own
@@ -117,7 +122,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         stats = RunStats()
         try:
             if plan.todo:
-                _process(source, plan, settings, run_id, version, lease, stats, phases)
+                _process(source, plan, settings, run_id, version, lease, stats, phases, runner, artifacts)
             t = time.perf_counter()
             commit_run(run_id, settings)
         except BaseException:
@@ -129,8 +134,9 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
             planning.forget_listing(ledger, run_id)
             raise
         finally:
-            create_markdown_artifact(key="quality-gates", markdown=quality_report(stats, scope.describe()),
-                                     description="Great Expectations results of this run's batches")
+            if artifacts or stats.quarantined:
+                create_markdown_artifact(key="quality-gates", markdown=quality_report(stats, scope.describe()),
+                                         description="Great Expectations results of this run's batches")
         for gone in planning.gone_pages(ledger, collection, run_id, scope):
             plan.gone += pipeline.remove_gone(store, ledger, collection, gone, run_id)
         planning.forget_listing(ledger, run_id)
@@ -141,8 +147,9 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
                        phase_seconds={k: round(v, 3) for k, v in phases.items()}, peak_rss_mb=peak_rss_mb())
         ledger.record_run(collection, source, check, {k: v for k, v in summary.items() if k != "failures"}, run_id,
                           scope.model_dump())
-    create_markdown_artifact(key=f"ingest-{_key(collection)}", markdown=ingest_report(summary),
-                             description=f"ingest of {scope.describe()}")
+    if artifacts:
+        create_markdown_artifact(key=f"ingest-{_key(collection)}", markdown=ingest_report(summary),
+                                 description=f"ingest of {scope.describe()}")
     if not check["ok"]:
         raise ReconciliationError(
             f"Milvus holds {check['milvus_count']} chunks of {collection}, the ledger expects "
@@ -151,7 +158,8 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
 
 
 def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
-             stats: RunStats, phases: dict[str, float]) -> None:
+             stats: RunStats, phases: dict[str, float], runner: WarmCluster | None = None,
+             artifacts: bool = True) -> None:
     """Process the run's batches where they are cheapest, staging each one as it finishes, a bounded number in flight.
 
     A configured Dask cluster is always used (its workers are warm). Otherwise a small change set is processed in
@@ -159,7 +167,7 @@ def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, 
     `window` batch results exist at once, so memory does not grow with the run. The quarantine limit is exact
     while streaming: a run whose quarantined documents pass limit x count stops and rolls back at once."""
     store = clients.milvus_store(settings)
-    in_process = not settings.dask_address and plan.todo <= settings.inprocess_max_docs
+    in_process = runner is None and not settings.dask_address and plan.todo <= settings.inprocess_max_docs
     t = time.perf_counter()
     if in_process:
         took = warm_up(settings, extractor=False)  # Tika starts with the first file that needs it (records don't)
@@ -167,19 +175,31 @@ def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, 
         phases["warm_up"] = time.perf_counter() - t
         get_run_logger().info("%d documents: processed in the flow's process (warm-up %s)", plan.todo,
                               ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))
-        _stream(source, plan, settings, run_id, version, lease, stats, phases, submit=None, slots=1)
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, None, 1, artifacts)
         return
-    with dask_task_runner(settings) as runner:
-        # Every worker loads the model, JVM and GX context now, in parallel, and not inside its first batch.
-        dims = set(runner.client.run(warm_up_dim, settings).values())
-        store.ensure_collection(dims.pop(), model_id(settings))
-        slots = sum(runner.client.nthreads().values()) or 1
+    if runner is not None:  # a draining run's: started and warmed up once for all its rounds
+        store.ensure_collection(runner.dim, model_id(settings))
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, runner.runner.submit, runner.slots,
+                artifacts)
+        return
+    with dask_task_runner(settings) as dask_runner:
+        warm = warm_cluster(dask_runner, settings)
         phases["start_workers"] = time.perf_counter() - t
-        _stream(source, plan, settings, run_id, version, lease, stats, phases, submit=runner.submit, slots=slots)
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, dask_runner.submit, warm.slots,
+                artifacts)
+
+
+def warm_cluster(runner, settings: Settings) -> WarmCluster:
+    """Every worker loads the model, JVM and GX context now, in parallel, and not inside its first batch; the
+    collection exists with the model's dimension."""
+    dims = set(runner.client.run(warm_up_dim, settings).values())
+    warm = WarmCluster(runner=runner, slots=sum(runner.client.nthreads().values()) or 1, dim=dims.pop())
+    clients.milvus_store(settings).ensure_collection(warm.dim, model_id(settings))
+    return warm
 
 
 def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
-            stats: RunStats, phases: dict[str, float], submit, slots: int) -> None:
+            stats: RunStats, phases: dict[str, float], submit, slots: int, artifacts: bool = True) -> None:
     log = get_run_logger()
     store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
@@ -192,7 +212,8 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
     # window stays bounded and a poison document is cornered while its batch-mates wait.
     split: deque = deque()
     numbers = itertools.count(total + 1)
-    progress = create_progress_artifact(0.0, description=f"batches of {plan.todo} documents: 0/{total}")
+    progress = create_progress_artifact(0.0, description=f"batches of {plan.todo} documents: 0/{total}") \
+        if artifacts else None
 
     def submit_next() -> None:
         if split:
@@ -240,8 +261,9 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
         stats.stage_seconds["write"] = round(stats.stage_seconds.get("write", 0.0) + time.perf_counter() - t_write, 3)
         done += len(result.documents) + len(result.failures)
         del result
-        update_progress_artifact(progress, 100.0 * done / max(plan.todo, 1),
-                                 description=f"batch {i}/{total} staged: {done}/{plan.todo} documents")
+        if progress is not None:
+            update_progress_artifact(progress, 100.0 * done / max(plan.todo, 1),
+                                     description=f"batch {i}/{total} staged: {done}/{plan.todo} documents")
         log.info("batch %d/%d staged: %d documents indexed, %d failed, %d quarantined so far", i, total,
                  stats.indexed, stats.failed, stats.quarantined)
     phases["process_and_write"] = time.perf_counter() - t

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import dask
 import distributed
@@ -46,3 +47,12 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class=local_cluster,
                           cluster_kwargs={"n_workers": workers, "threads_per_worker": threads, "processes": True,
                                           "dashboard_address": None})
+
+
+@dataclass
+class WarmCluster:
+    """A task runner whose workers have loaded the model, JVM and GX context (flows.ingest.warm_cluster): a
+    draining run holds one for all its rounds instead of connecting and warming up per round."""
+    runner: DaskTaskRunner
+    slots: int
+    dim: int

@@ -25,6 +25,7 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, de
 
 from millrace.db import engine_for
 from millrace.s3events import S3Change, newer
+from millrace.sources import route_keys
 
 meta = MetaData()
 changes = Table(
@@ -106,7 +107,10 @@ def _epoch(when: datetime | None) -> float:
 
 def _newer(change: Change, row: dict) -> bool:
     """Whether `change` supersedes the stored row (millrace.s3events.newer: sequencer, then event time, then
-    arrival)."""
+    arrival). A redelivery of the same change (same sequencer) is not newer."""
+    if change.sequencer and change.sequencer.upper() == row["sequencer"].upper():
+        return False
+
     def s3(sequencer: str, event_time: float) -> S3Change:
         return S3Change(bucket="-", key="-", kind="created", sequencer=sequencer, message_id="-",
                         event_time=datetime.fromtimestamp(event_time, timezone.utc) if event_time else None)
@@ -247,6 +251,21 @@ class ChangeQueue:
         return {"rounds": n, "changes": total, "seconds": float(secs),
                 "last_changes": last.changes if last else 0, "last_seconds": last.seconds if last else 0.0,
                 "last_finished_at": last.finished_at if last else 0.0}
+
+
+def from_s3(collection: str, notices: Iterable[S3Change], sources: list[str], via: str) -> list[Change]:
+    """Queue records for S3 object changes, each addressed by the configured source that holds its key
+    (millrace.sources.route_keys: the deepest wins); keys outside every configured source are left out. `via`
+    names the carrier in the origin (relay, sqs) next to the delivery's message id."""
+    queued = []
+    for c in notices:
+        if c.key.endswith("/"):  # a console "folder" marker: no document (S3Source skips them when listing)
+            continue
+        origin = c.message_id if c.message_id.startswith(f"{via}:") else f"{via}:{c.message_id}"
+        for source, (rel, *_) in route_keys(c.bucket, [c.key], sources).items():
+            queued.append(Change(collection=collection, source=source, object=rel, kind=c.kind, sequencer=c.sequencer,
+                                 event_time=c.event_time, size=c.size, origin=origin))
+    return queued
 
 
 def open_queue(url: str) -> ChangeQueue:

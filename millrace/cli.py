@@ -100,7 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the search and answer API (FastAPI under uvicorn), with a page at /")
     p.add_argument("--host", help="address to listen on (MILLRACE_SERVE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (MILLRACE_SERVE_PORT, default 8000)")
+    p.add_argument("--watch", metavar="DIR", help="also keep the index in sync with this folder (as `millrace watch`), "
+                                                  "in this process: the one that owns a Milvus Lite file")
     _common(p)
+
+    p = sub.add_parser("watch", help="mirror a local folder, then index its changes as they happen (Ctrl-C stops)")
+    p.add_argument("folder")
+    _common(p)
+    p.add_argument("--idle", type=float, dest="drain_idle_s", metavar="S",
+                   help="seconds a draining run waits for more changes before it ends (MILLRACE_DRAIN_IDLE_S, "
+                        "default 30)")
+    p.add_argument("--include", action="append", help="glob of files to take (repeatable)")
+    p.add_argument("--exclude", action="append", help="glob of files to skip (repeatable)")
+    p.add_argument("--dask-address", help="existing Dask scheduler (MILLRACE_DASK_ADDRESS)")
+
+    p = sub.add_parser("drain", help="index the collection's queued changes now; exits when the queue stays empty")
+    _common(p)
+    p.add_argument("--idle", type=float, dest="drain_idle_s", metavar="S",
+                   help="seconds to wait for more changes before exiting (MILLRACE_DRAIN_IDLE_S, default 30)")
+    p.add_argument("--dask-address", help="existing Dask scheduler (MILLRACE_DASK_ADDRESS)")
 
     p = sub.add_parser("metrics", help="a Prometheus exporter of the ingestion metrics (read from the ledger)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a scraper elsewhere)")
@@ -114,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags that are settings (None when not given), per command; the loader gives them precedence over env and defaults.
 SETTING_FLAGS = ["collection", "milvus_uri", "home", "model", "include", "exclude", "dask_address", "tika_endpoint",
-                 "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url", "blocks"]
+                 "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url", "blocks", "drain_idle_s"]
 BENCH_FLAGS = ["collection", "milvus_uri", "home", "model", "device", "blocks"]
 
 SettingsLoader = Callable[..., Settings]
@@ -186,7 +204,8 @@ def cmd_setup_tika(args: argparse.Namespace, load: SettingsLoader) -> int:
     return 0
 
 
-# The commands that need no orchestration; `ingest`, `eval` and `bench` run Prefect flows and are added by flows.cli.
+# The commands that need no orchestration; `ingest`, `eval`, `bench`, `watch`, `drain` run Prefect flows and are added
+# by flows.cli.
 HANDLERS: dict[str, Command] = {"search": cmd_search, "status": cmd_status, "metrics": cmd_metrics,
                                  "setup-tika": cmd_setup_tika}
 

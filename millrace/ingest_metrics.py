@@ -8,7 +8,9 @@ alone for a platform without the API. Any number of processes reading one ledger
 use max by (collection)).
 
 Counters (documents, chunks, stage seconds, runs) are sums over finished runs; the collector adds each run once,
-remembering the last run row it summed, so a scrape costs the new runs only."""
+remembering the last run row it summed, so a scrape costs the new runs only. The change queue's depth and age and its
+drain's rounds (millrace.queue_metrics) come with them, for the collections known here and those with pending
+changes."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 
 from millrace.ledger import Ledger, documents, runs
+from millrace.queue_metrics import QueueMetrics
 from millrace.records import DocState
 
 log = logging.getLogger("millrace.metrics")
@@ -40,6 +43,7 @@ class IngestCollector:
         self._chunks: dict[str, float] = defaultdict(float)
         self._stages: dict[tuple[str, str], float] = defaultdict(float)
         self._runs: dict[tuple[str, str], float] = defaultdict(float)
+        self._queue = QueueMetrics()
 
     def describe(self) -> list:
         return []  # metrics come and go with the ledger's collections: no fixed description
@@ -50,7 +54,10 @@ class IngestCollector:
             with self._lock:
                 self._sum_new_runs(ledger)
                 yield from self._counters()
-            yield from self._gauges(ledger)
+            known = {c for c, _ in self._runs} | {c for c, _ in self._docs}
+            yield from self._gauges(ledger, known)
+            with self._lock:
+                yield from self._queue.collect(ledger, known)
         except Exception as exc:  # the ledger unreachable: the scrape keeps its other metrics
             log.warning("ingest metrics not read from the ledger: %s", exc)
 
@@ -101,7 +108,8 @@ class IngestCollector:
             ran.add_metric([collection, state], n)
         yield from (docs, chunks, stages, ran)
 
-    def _gauges(self, ledger: Ledger) -> Iterator[Metric]:
+    def _gauges(self, ledger: Ledger, known: set[str]) -> Iterator[Metric]:
+        """Adds the collections the ledger holds documents of to `known`."""
         with ledger.engine.connect() as conn:
             states = list(conn.execute(select(documents.c.collection, documents.c.state, func.count())
                                        .group_by(documents.c.collection, documents.c.state)))
@@ -115,6 +123,7 @@ class IngestCollector:
                                      labels=["collection", "state"])
         for collection, state, n in states:
             by_state.add_metric([collection, state], n)
+            known.add(collection)
         failures = GaugeMetricFamily("millrace_ingest_failing_documents", "Documents whose latest version failed "
                                      "or was quarantined, by stage and reason", labels=["collection", "stage",
                                                                                        "reason"])

@@ -1,13 +1,15 @@
-"""The S3 event relay: open-source Prefect has no webhooks, so S3 notifications (SNS HTTP subscription, MinIO
-webhook, EventBridge API destination) come here and leave as Prefect events, which a deployment trigger turns into
-`s3-object` flow runs.
+"""The S3 event relay: S3 notifications (SNS HTTP subscription, MinIO webhook, EventBridge API destination) come
+here and go into the collection's durable change queue (millrace.changequeue), which the collection's `drain` run
+empties. Open-source Prefect has no webhooks, so the relay also emits Prefect events: one per object for the event
+feed, and a `millrace.changes.pending` wake-up that a deployment trigger turns into a drain run.
 
     MILLRACE_RELAY_TOKEN=... PREFECT_API_URL=http://127.0.0.1:4200/api python -m serving.relay --port 8787
 
-A request is answered only after the events it brought have been emitted: 200 means Prefect has them, 503 means
-the sender must deliver again (SNS, MinIO and EventBridge all do). Keys outside MILLRACE_SOURCES (the s3-object
-flow's own rule, millrace.sources.route_keys) are not emitted. Every refused or ignored delivery leaves one line in
-the log saying why (serving.relay_auth)."""
+200 means the changes are durably queued; the events follow without holding the answer up, and a wake-up that
+never reaches Prefect delays the drain only until its schedule sweeps the queue. 503 means the queue (the ledger
+database) could not be written and the sender must deliver again (SNS, MinIO and EventBridge all do). Keys outside
+MILLRACE_SOURCES (millrace.sources.route_keys, the ingest flows' own rule) are not queued. Every refused or ignored
+delivery leaves one line in the log saying why (serving.relay_auth)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import hmac
 import logging
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,12 +29,14 @@ from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from millrace.changequeue import Change
+from millrace.clients import change_queue
 from millrace.config import Settings
 from millrace.eventlog import EventLog
 from millrace.retry import with_retries
 from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
 from millrace.sources import route_keys
-from serving.emit import Debouncer, EmitError, PrefectEmitter, build_batches
+from serving.emit import Debouncer, PrefectEmitter, flush_events
 from serving.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
 
 log = logging.getLogger("millrace.relay")
@@ -55,10 +60,11 @@ class RelaySettings(BaseSettings):
     # SigningCertURL and SubscribeURL must match this: the relay fetches nothing else.
     sns_url_pattern: str = DEFAULT_SNS_URL_PATTERN
     eventbridge_keys_encoded: bool = True
+    # Pacing of the wake-up events (serving.emit.Debouncer); the answer to a sender never waits for them.
     debounce_s: float = 1.0
     max_wait_s: float = 5.0
     max_keys: int = 500
-    # SNS waits 15 s for an answer by default: the quiet period, the retries and their timeouts fit in that.
+    # Also bounds the SNS certificate and SubscribeURL fetches, which a sender does wait for (SNS: 15 s).
     emit_timeout_s: float = 3.0
     retry_delays: list[float] = Field(default_factory=lambda: [0.5, 1.5, 3.0])
     max_body_bytes: int = 1024 * 1024
@@ -89,7 +95,7 @@ def _reply(code: int, /, **body: Any) -> JSONResponse:
 
 
 class Relay:
-    """The state of a running relay: emitter, event log, debouncer, the deliveries in progress."""
+    """The state of a running relay: change queue, emitter, event log, debouncer, the deliveries in progress."""
 
     def __init__(self, settings: RelaySettings):
         self.settings = settings
@@ -100,11 +106,16 @@ class Relay:
                                       timeout_s=settings.emit_timeout_s, retry_delays=settings.retry_delays)
         core = Settings()
         self.eventlog = EventLog(core.resolved_ledger_url)
-        self.sources = core.sources  # MILLRACE_SOURCES, as the s3-object flow reads it
+        self.queue = change_queue(core)
+        self.collection = core.collection
+        self.sources = core.sources  # MILLRACE_SOURCES, as the ingest flows read it
         self.verifier = SnsVerifier(self._fetch, settings.sns_url_pattern)
         self.debouncer = Debouncer(self._flush, debounce_s=settings.debounce_s, max_wait_s=settings.max_wait_s,
                                    max_keys=settings.max_keys)
         self.in_flight: dict[str, asyncio.Future] = {}
+        self.emit_failing = False
+        # Emits get threads of their own: a Prefect that hangs must not take the threads the queue writes run on.
+        self.emit_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-emit")
 
     def authorized(self, request: Request) -> bool:
         return any(hmac.compare_digest(t.encode(), self.token) for t in presented_tokens(request))
@@ -117,43 +128,51 @@ class Relay:
 
         return with_retries(get, self.settings.retry_delays, f"fetching {url}")
 
-    async def _flush(self, bucket: str, changes: list[S3Change]) -> list[str]:
-        batches = build_batches(bucket, changes)
-        await asyncio.to_thread(self.emitter.emit, [e for b in batches for e in b.events])
-        for batch in batches:
-            created = sum(c.kind == "created" for c in batch.changes)
-            log.info("emitted batch %s for bucket %s: %d created, %d removed", batch.batch_id, bucket, created,
-                     len(batch.changes) - created)
-            try:  # the events are out: a ledger hiccup must not turn this into a redelivery
-                await asyncio.to_thread(self.eventlog.record, batch.changes, batch.batch_id)
-            except Exception as exc:
-                log.warning("could not record the last events of batch %s: %s", batch.batch_id, exc)
-        return [b.batch_id for b in batches]
+    async def _flush(self, bucket: str, changes: list[S3Change]) -> None:
+        events = flush_events(self.collection, bucket, changes)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.emit_threads, self.emitter.emit, events)
+        except Exception as exc:
+            # Once per outage, not once per flush: a flood against a dead Prefect would bury the log otherwise.
+            if not self.emit_failing:
+                log.warning("%s. The changes are queued; the drain's schedule picks them up (further failures are "
+                            "not logged until an emit succeeds)", exc)
+            self.emit_failing = True
+            return
+        if self.emit_failing:
+            log.info("emitting events to %s again", self.emitter.api_url)
+            self.emit_failing = False
+        log.info("woke the drain of %s: %d changes in bucket %s", self.collection, len(events) - 1, bucket)
 
-    def within_sources(self, changes: list[S3Change]) -> tuple[list[S3Change], int]:
-        """The changes the s3-object flow would act on (millrace.sources.route_keys, the flow's own rule), and how
-        many it would ignore as lying outside MILLRACE_SOURCES."""
-        kept = [c for c in changes if route_keys(c.bucket, [c.key], self.sources)]
+    def within_sources(self, changes: list[S3Change]) -> tuple[list[tuple[S3Change, Change]], int]:
+        """Each change the ingest flows would act on with its queue entry (millrace.sources.route_keys, their own
+        rule: the source root and the decoded key below it), and how many lie outside MILLRACE_SOURCES."""
+        kept = []
+        for c in changes:
+            for root, (rel, *_) in route_keys(c.bucket, [c.key], self.sources).items():
+                kept.append((c, Change(collection=self.collection, source=root, object=rel, kind=c.kind,
+                                       sequencer=c.sequencer, event_time=c.event_time, size=c.size,
+                                       origin=f"relay:{c.message_id}")))
         return kept, len(changes) - len(kept)
 
-    async def deliver(self, request: Request, message_id: str, changes: list[S3Change]) -> JSONResponse:
-        """Emit a delivery's changes once, whatever number of times it arrives. A copy that arrives while the first
-        is still waiting for its flush waits for the same outcome."""
+    async def deliver(self, request: Request, message_id: str, routed: list[tuple[S3Change, Change]]) -> JSONResponse:
+        """Queue a delivery's changes once, whatever number of times it arrives. A copy that arrives while the
+        first is still being written waits for the same outcome."""
         task = self.in_flight.get(message_id)
         first = task is None
         if task is None:
-            task = self.in_flight[message_id] = asyncio.ensure_future(self._process(message_id, changes))
+            task = self.in_flight[message_id] = asyncio.ensure_future(self._process(message_id, routed))
             task.add_done_callback(lambda t: self.in_flight.get(message_id) is t and self.in_flight.pop(message_id))
-        # Shielded: a sender that hangs up does not cancel the flush that other requests wait for.
+        # Shielded: a sender that hangs up does not cancel the write that other requests wait for.
         code, body = await asyncio.shield(task)
         if code != 200:
             return refused(request, code, body["detail"])
         if body["status"] == "duplicate" or not first:
-            return ignored(request, message_id, "a copy of a delivery already emitted", status="duplicate",
+            return ignored(request, message_id, "a copy of a delivery already queued", status="duplicate",
                            message_id=message_id)
         return _reply(code, **body)
 
-    async def _process(self, message_id: str, changes: list[S3Change]) -> tuple[int, dict]:
+    async def _process(self, message_id: str, routed: list[tuple[S3Change, Change]]) -> tuple[int, dict]:
         try:
             seen = await asyncio.to_thread(self.eventlog.seen, message_id)
         except Exception as exc:
@@ -161,15 +180,22 @@ class Relay:
         if seen:
             return 200, {"status": "duplicate", "message_id": message_id}
         try:
-            batch_ids = await self.debouncer.submit(changes)
-        except EmitError as exc:
-            return 503, {"detail": str(exc)}
-        try:
+            await asyncio.to_thread(self.queue.put, [q for _, q in routed])
+        except Exception as exc:
+            return 503, {"detail": f"the change queue (the ledger database) cannot be written "
+                                   f"({type(exc).__name__}: {str(exc)[:200]}); nothing was acknowledged: the sender "
+                                   "delivers again later"}
+        s3_changes = [c for c, _ in routed]
+        try:  # the changes are queued: a redelivery after a failure here re-queues the same changes, harmlessly
             await asyncio.to_thread(self.eventlog.remember, [message_id])
-        except Exception as exc:  # a redelivery re-emits the same event ids, which Prefect ignores
+        except Exception as exc:
             log.warning("could not record delivery %s as handled: %s", message_id, exc)
-        return 200, {"status": "emitted", "message_id": message_id, "changes": len(changes),
-                     "batch_ids": sorted({i for ids in batch_ids for i in ids})}
+        try:
+            await asyncio.to_thread(self.eventlog.record, s3_changes)
+        except Exception as exc:
+            log.warning("could not record the last events of delivery %s: %s", message_id, exc)
+        self.debouncer.add(s3_changes)
+        return 200, {"status": "queued", "message_id": message_id, "changes": len(routed)}
 
     async def confirm(self, request: Request, url: str) -> JSONResponse:
         if not self.url_pattern.match(url):
@@ -192,6 +218,8 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.relay.debouncer.close()
+            app.state.relay.emit_threads.shutdown(wait=False, cancel_futures=True)
             app.state.relay.emitter.close()
 
     app = FastAPI(title="Millrace S3 event relay", lifespan=lifespan)
@@ -199,8 +227,13 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> dict:
         relay: Relay = request.app.state.relay
-        return {"status": "ok", "prefect_api_url": relay.emitter.api_url, "pending_changes": relay.debouncer.pending,
-                "verify_sns": settings.verify_sns}
+        try:
+            queued: int | str = (await asyncio.to_thread(relay.queue.stats, relay.collection)).pending
+        except Exception as exc:  # /health answers: it is how an operator finds out what is wrong
+            queued = f"unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+        return {"status": "ok", "prefect_api_url": relay.emitter.api_url, "collection": relay.collection,
+                "queue_pending": queued, "pending_changes": relay.debouncer.pending,
+                "emitting": not relay.emit_failing, "verify_sns": settings.verify_sns}
 
     @app.post("/s3/events")
     async def s3_events(request: Request) -> JSONResponse:
@@ -235,14 +268,14 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
             reason = notice.reason or {"unsubscribe": "unsubscribed", "test": "s3:TestEvent"}.get(
                 notice.action, "no object created/removed records")
             return ignored(request, notice.message_id, reason)
-        changes, outside = relay.within_sources(notice.changes)
+        routed, outside = relay.within_sources(notice.changes)
         if outside:
             where = f"outside MILLRACE_SOURCES {relay.sources}"
-            if not changes:
+            if not routed:
                 return ignored(request, notice.message_id, f"all {outside} key(s) lie {where}")
-            log.info("delivery %s: %d of %d keys lie %s: not emitted", loggable(request, notice.message_id),
+            log.info("delivery %s: %d of %d keys lie %s: not queued", loggable(request, notice.message_id),
                      outside, len(notice.changes), where)
-        return await relay.deliver(request, notice.message_id, changes)
+        return await relay.deliver(request, notice.message_id, routed)
 
     return app
 

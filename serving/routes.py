@@ -10,6 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from serving import watermark
 from serving.errors import ServingError
 from serving.retrieval import request_key
 from serving.schemas import (AnswerRequest, ChatCompletionRequest, Passage, SearchRequest, SearchResponse,
@@ -72,6 +73,7 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     svc = services(request)
     t0 = time.perf_counter()
     k = capped_k(svc, body.k, 10)
+    mark = await watermark.current(svc.settings)  # read before searching, so it never claims more than was seen
     r = svc.retrieval
     snap = await r.snapshot()
     mode = await to_thread.run_sync(r.mode, snap, body.mode)
@@ -79,7 +81,8 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     if (hit := await r.cached(snap, "search", key)) is not None:
         return SearchResponse(query=body.query, mode=mode, hits=[Passage(**h) for h in hit["hits"]],
                               index_version=snap.version, collection=snap.store.collection, cached=True,
-                              timings_ms={"total": round((time.perf_counter() - t0) * 1000, 3)})
+                              timings_ms={"total": round((time.perf_counter() - t0) * 1000, 3)},
+                              watermark=mark)
     vector = None if mode == "bm25" else await r.embed(snap, body.query)
     t1 = time.perf_counter()
     hits = await r.search(snap, body.query, vector, k, mode, body.filter)
@@ -88,7 +91,8 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     return SearchResponse(query=body.query, mode=mode, hits=hits, index_version=snap.version,
                           collection=snap.store.collection,
                           timings_ms={"embed": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
-                                      "total": round((time.perf_counter() - t0) * 1000, 3)})
+                                      "total": round((time.perf_counter() - t0) * 1000, 3)},
+                          watermark=mark)
 
 
 def _sse(data: Any, event: str | None = None) -> str:
@@ -101,11 +105,12 @@ async def answer(body: AnswerRequest, request: Request):
     svc = services(request)
     k, max_tokens = capped_k(svc, body.k, svc.settings.answer_k), capped_max_tokens(svc, body.max_tokens)
     temperature = svc.settings.llm_temperature if body.temperature is None else body.temperature
+    mark = await watermark.current(svc.settings)
     job = await svc.answers.prepare([{"role": "user", "content": body.query}], body.query, k, body.mode, body.filter,
                                     max_tokens, {"temperature": temperature})
     gen = await svc.answers.open(job)
     if not body.stream:
-        return await gen.finish()
+        return with_watermark(await gen.finish(), mark)
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -114,8 +119,8 @@ async def answer(body: AnswerRequest, request: Request):
                         "collection": job.snap.store.collection}, "retrieval")
             async for text, _ in gen.deltas():
                 yield _sse({"delta": text}, "token")
-            final = gen.answer()
-            yield _sse(final.model_dump(exclude={"passages"}), "done")
+            final = with_watermark(gen.answer(), mark)
+            yield _sse(final.model_dump(mode="json", exclude={"passages"}), "done")
         except ServingError as exc:
             yield _sse(exc.body(), "error")
         finally:
@@ -154,12 +159,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     for name in ("top_p", "seed", "stop", "logit_bias"):
         if getattr(body, name) is not None:
             params[name] = getattr(body, name)
+    mark = await watermark.current(svc.settings)
     job = await svc.answers.prepare(conversation, query, k, opts.mode if opts else "auto",
                                     opts.filter if opts else None, max_tokens, params)
     gen = await svc.answers.open(job)
     cid, created, name = completion_id(), now(), body.model or model
     if not body.stream:
-        a = await gen.finish()
+        a = with_watermark(await gen.finish(), mark)
         return {"id": cid, "object": "chat.completion", "created": created, "model": name,
                 "choices": [{"index": 0, "finish_reason": a.finish_reason or "stop", "logprobs": None,
                              "message": {"role": "assistant", "content": a.answer, "refusal": None,
@@ -176,7 +182,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             yield chunk({"role": "assistant", "content": ""})
             async for text, _ in gen.deltas():
                 yield chunk({"content": text})
-            a = gen.answer()
+            a = with_watermark(gen.answer(), mark)
             # The annotations go once, whole, in the last delta: the SDKs' stream helpers accumulate a list delta
             # differently (openai-python merges entries by an `index` key and concatenates the strings of a repeated
             # one; openai-node replaces the list), and a single complete list is what both end up with intact.
@@ -199,9 +205,16 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def with_watermark(a, mark):
+    """The answer, carrying the index watermark read when its request was answered."""
+    a.watermark = mark
+    return a
+
+
 def millrace_extra(a) -> dict[str, Any]:
     return {"index_version": a.index_version, "collection": a.collection, "cached": a.cached,
-            "timings_ms": a.timings_ms, "passages": [p.model_dump() for p in a.passages]}
+            "timings_ms": a.timings_ms, "passages": [p.model_dump() for p in a.passages],
+            "watermark": a.watermark.model_dump(mode="json") if a.watermark is not None else None}
 
 
 @router.get("/v1/models")

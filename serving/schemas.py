@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,15 @@ class Passage(BaseModel):
     text: str
 
 
+class IndexWatermark(BaseModel):
+    """Changes that arrived through `searchable_through` are searchable (or failed with a reason `millrace status`
+    shows); `pending_changes` are still queued, the oldest of them `oldest_pending_age_s` old."""
+
+    searchable_through: datetime
+    pending_changes: int
+    oldest_pending_age_s: float
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: str
@@ -51,6 +61,7 @@ class SearchResponse(BaseModel):
     collection: str  # the physical collection that answered
     cached: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    watermark: IndexWatermark | None = None  # None when the change queue could not be read
 
 
 class Citation(BaseModel):
@@ -85,6 +96,7 @@ class Answer(BaseModel):
     collection: str
     cached: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    watermark: IndexWatermark | None = None
 
 
 # --- OpenAI chat completions -------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_the_export_lines_survive_a_home_with_spaces(tmp_path):
 @pytest.mark.integration
 def test_every_service_is_up_and_prefect_yaml_is_deployed(platform):
     assert mp.status(platform.ep.home) == {name: "ok" for name in mp.probes(platform.ep)}
-    assert {"ingest/backfill", "sync/sync", "s3-object/s3-object"} <= set(platform.ep.deployments)
+    assert {"ingest/backfill", "sync/sync", "drain/drain"} <= set(platform.ep.deployments)
     workers = platform.api.post(f"/work_pools/{mp.POOL}/workers/filter", json={}).json()
     assert [w["status"] for w in workers] == ["ONLINE"]
 

@@ -47,7 +47,7 @@ def test_the_deployments_page_lists_every_deployment(platform, backfill, page, t
 
     page.goto(f"{platform.ep.ui_url}/deployments")
     rows = page.locator("table tbody tr")
-    for name in ("backfill", "sync", "s3-object"):
+    for name in ("backfill", "sync", "drain"):
         expect(rows.filter(has_text=name).first).to_be_visible()
     expect(page.get_by_text(f"{len(platform.ep.deployments)} Deployments")).to_be_visible()
     page.wait_for_load_state("networkidle")

@@ -10,7 +10,7 @@ from prefect.flows import load_flow_from_entrypoint
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"backfill": "ingest", "sync": "sync", "s3-object": "s3-object", "rebuild": "rebuild",
+EXPECTED = {"backfill": "ingest", "sync": "sync", "drain": "drain", "rebuild": "rebuild",
             "rollback": "rollback", "evaluate": "evaluate"}
 
 
@@ -34,13 +34,14 @@ def test_every_deployment_points_at_a_flow_with_described_parameters(spec, monke
         assert all(p.get("description") for p in props.values()), (flow.name, props)
 
 
-def test_the_s3_trigger_passes_the_batch_as_lists(spec):
-    [s3] = [d for d in spec["deployments"] if d["name"] == "s3-object"]
-    [trigger] = s3["triggers"]
-    assert trigger["expect"] == ["s3.objects.changed"] and trigger["match"]["prefect.resource.id"] == "s3.bucket.*"
-    # Exactly one {{ expression }}, nothing around it: Prefect then keeps the list a list (see test_relay.py).
-    for name in ("created", "removed"):
-        assert trigger["parameters"][name] == f"{{{{ event.payload.{name} }}}}"
+def test_wake_ups_start_one_drain_at_a_time_and_a_sweep_catches_lost_ones(spec):
+    [drain] = [d for d in spec["deployments"] if d["name"] == "drain"]
+    [trigger] = drain["triggers"]
+    assert trigger["expect"] == ["millrace.changes.pending"]
+    assert trigger["match"]["prefect.resource.id"] == "millrace.collection.*"
+    assert trigger["parameters"] == {"collection": "{{ event.payload.collection }}"}
+    assert drain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert [(s["interval"], s["active"]) for s in drain["schedules"]] == [(60, True)]
 
 
 def test_scheduled_sync_is_off_until_switched_on(spec):

@@ -1,4 +1,4 @@
-"""Operations on the flows: S3 event batches mirror exactly their objects, backfills by prefix and date, small
+"""Operations on the flows: queued S3 changes mirror exactly their objects, backfills by prefix and date, small
 change sets processed in the flow's own process, freshness in the ledger, and `status --doc`."""
 
 import os
@@ -8,11 +8,13 @@ import uuid
 import pytest
 
 from flows.ingest import ingest
-from flows.s3_object import s3_object
+from flows.drain import drain
 from millrace import clients
+from millrace.changequeue import from_s3
 from millrace.config import load_settings
 from millrace.doc_status import doc_report, format_doc
 from millrace.records import doc_id_for
+from millrace.s3events import S3Change
 from millrace.sources import path_to_uri, s3_uri
 from serving.retrieve import Retriever
 
@@ -31,15 +33,23 @@ def bucket(s3_env):
     return s3_env, name
 
 
-def test_an_event_batch_indexes_its_created_objects_deletes_its_removed_ones_and_touches_nothing_else(
+def queue_and_drain(settings, bucket: str, created=(), removed=()) -> dict:
+    """What the relay or the SQS consumer does with a notification (queue it, routed to its source), then a drain."""
+    notices = [S3Change(bucket=bucket, key=k, kind=kind, message_id=f"m-{i}")
+               for i, (k, kind) in enumerate([(k, "created") for k in created] + [(k, "removed") for k in removed])]
+    clients.change_queue(settings).put(from_s3(settings.collection, notices, settings.sources, "test"))
+    return drain(collection=settings.collection, options={"drain_idle_s": 0})
+
+
+def test_queued_changes_index_their_created_objects_delete_their_removed_ones_and_touch_nothing_else(
         bucket, settings):
     s3, name = bucket
     keys = ["in box/a report.txt", "in box/café #2.txt", "other/b+c.txt", "in box/untouched.txt"]
     for i, key in enumerate(keys):
         s3.put_object(Bucket=name, Key=key, Body=words(i).encode())
     settings = load_settings(collection=settings.collection)
-    first = s3_object(bucket=name, created=keys[:3], collection=settings.collection)
-    assert sum(s["indexed"] for s in first) == 3  # the untouched key was never named
+    first = queue_and_drain(settings, name, created=keys[:3])
+    assert (first["changes"], first["done"]) == (3, 3)  # the untouched key was never named
     ledger = clients.ledger(settings)
     indexed = {r["source_uri"] for r in ledger.rows(settings.collection, ["indexed"])}
     assert indexed == {s3_uri(name, k) for k in keys[:3]}
@@ -48,9 +58,8 @@ def test_an_event_batch_indexes_its_created_objects_deletes_its_removed_ones_and
         fresh["indexed_at"] - fresh["modified_at"], abs=0.01)
 
     s3.delete_object(Bucket=name, Key=keys[1])
-    # A "created" event for a key deleted since is judged by the object's state now: gone, so deleted.
-    second = s3_object(bucket=name, created=[keys[1]], removed=[], collection=settings.collection)
-    assert sum(s["deleted"] for s in second) == 1
+    # A "created" change for a key deleted since is judged by the object's state now: gone, so deleted.
+    queue_and_drain(settings, name, created=[keys[1]])
     hits = Retriever(settings, clients.milvus_store(settings)).search(words(1), k=10)
     assert all(h.source_uri != s3_uri(name, keys[1]) for h in hits)
     report = doc_report(settings, s3_uri(name, keys[1]))
@@ -58,14 +67,14 @@ def test_an_event_batch_indexes_its_created_objects_deletes_its_removed_ones_and
     assert "deleted" in format_doc(report)
 
 
-def test_configured_sources_limit_what_events_may_index(bucket, settings, monkeypatch):
+def test_configured_sources_limit_what_changes_may_index(bucket, settings, monkeypatch):
     s3, name = bucket
     for i, key in enumerate(["docs/in.txt", "private/out.txt"]):
         s3.put_object(Bucket=name, Key=key, Body=words(i).encode())
     monkeypatch.setenv("MILLRACE_SOURCES", f'["s3://{name}/docs"]')
     settings = load_settings(collection=settings.collection)
-    out = s3_object(bucket=name, created=["docs/in.txt", "private/out.txt"], collection=settings.collection)
-    assert [s["source"] for s in out] == [f"s3://{name}/docs"] and out[0]["indexed"] == 1
+    out = queue_and_drain(settings, name, created=["docs/in.txt", "private/out.txt"])
+    assert out["changes"] == 1  # the key outside every configured source was never queued
     assert {r["source_uri"] for r in clients.ledger(settings).rows(settings.collection)} == {
         s3_uri(name, "docs/in.txt")}
 

@@ -54,16 +54,16 @@ def test_each_refused_or_ignored_delivery_is_one_log_line_with_its_reason_and_no
             assert answer.status_code == status, answer.text
         inside = minio("docs/handbook.txt")
         assert post(relay, inside, token=None, headers={"Authorization": f"Token {TOKEN}"}).json()["status"] == \
-            "emitted"
+            "queued"
         assert post(relay, inside, token=None, headers={"Authorization": TOKEN}).json()["status"] == "duplicate"
         mixed = {"Records": [s3_record("docs/policy.txt", bucket=BUCKET), s3_record("tmp/x.txt", bucket=BUCKET)]}
-        emitted = post(relay, mixed, token=None, headers=bearer).json()
-        assert emitted["status"] == "emitted" and emitted["changes"] == 1
+        queued = post(relay, mixed, token=None, headers=bearer).json()
+        assert queued["status"] == "queued" and queued["changes"] == 1
     finally:
         stop(proc)
     log = (tmp_path / "relay.log").read_text()
     said = lines(log)
-    expected = [why for _, _, why in cases] + ["a copy of a delivery already emitted"]
+    expected = [why for _, _, why in cases] + ["a copy of a delivery already queued"]
     assert len(said) == len(expected), "\n".join(said)
     for line, why in zip(said, expected):
         assert why in line, (line, why)

@@ -1,0 +1,120 @@
+"""The draining run: queued changes of messy names become searchable and deletions leave the index, rounds grow
+with the backlog, a change that arrives mid-round is not lost, transient failures retry then die with a reason."""
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows.drain import drain
+from millrace import clients
+from millrace.changequeue import Change
+from millrace.config import load_settings
+from millrace.sources import canonical_source_uri, path_to_uri
+from millrace.records import doc_id_for
+from serving.retrieve import Retriever
+
+pytestmark = pytest.mark.integration
+
+NAMES = ["café notes.txt", "C# + F# tips.md", "sub dir/Q&A #3.txt", "a+b=c.txt", "deep/er/ünïcode.md"]
+
+
+def text(i: int, topic: str) -> str:
+    return (f"Report {i} on the {topic}: the gauge at weir {i} read {i * 7 % 31} centimetres above normal and crew "
+            f"{i % 5} inspected the {topic} sluice number {i} on the morning shift.")
+
+
+def put(settings, folder: Path, rels, kind="created"):
+    source = canonical_source_uri(str(folder))
+    return clients.change_queue(settings).put(
+        [Change(collection=settings.collection, source=source, object=r, kind=kind, origin="test") for r in rels])
+
+
+def indexed(settings, folder: Path) -> dict[str, str]:
+    """source_uri -> state of every ledger row under the folder."""
+    rows = clients.ledger(settings).rows(settings.collection)
+    return {r["source_uri"]: r["state"] for r in rows}
+
+
+def drain_now(settings, **options):
+    return drain(collection=settings.collection, options={"drain_idle_s": 0, **options})
+
+
+def top_uri(settings, query: str) -> str | None:
+    hits = Retriever(settings).search(query, k=1)
+    return hits[0].source_uri if hits else None
+
+
+def test_queued_changes_of_messy_names_become_searchable_and_deletions_leave(tmp_path, settings):
+    folder = tmp_path / "docs"
+    for i, rel in enumerate(NAMES):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text(i, "reservoir"))
+    put(settings, folder, NAMES)
+    summary = drain_now(settings)
+    assert summary["changes"] == len(NAMES) and summary["done"] == len(NAMES)
+    assert clients.change_queue(settings).stats(settings.collection).pending == 0
+    states = indexed(settings, folder)
+    assert {path_to_uri(folder / r): "indexed" for r in NAMES}.items() <= states.items()
+    assert top_uri(settings, text(2, "reservoir")) == path_to_uri(folder / NAMES[2])
+
+    (folder / NAMES[2]).unlink()
+    (folder / NAMES[0]).write_text(text(0, "turbine hall"))
+    put(settings, folder, [NAMES[2]], kind="removed")
+    put(settings, folder, [NAMES[0]])
+    drain_now(settings)
+    states = indexed(settings, folder)
+    assert states[path_to_uri(folder / NAMES[2])] == "deleted"
+    assert top_uri(settings, text(0, "turbine hall")) == path_to_uri(folder / NAMES[0])
+    assert clients.change_queue(settings).stats(settings.collection).pending == 0
+
+
+def test_an_empty_queue_exits_at_once_without_a_round(settings):
+    assert drain_now(settings)["rounds"] == 0
+
+
+def test_rounds_take_everything_pending_up_to_the_cap(tmp_path, settings):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rels = [f"note {i}.txt" for i in range(12)]
+    for i, rel in enumerate(rels):
+        (folder / rel).write_text(text(i, "canal"))
+    put(settings, folder, rels)
+    summary = drain_now(settings, drain_max_changes=5)
+    assert (summary["rounds"], summary["changes"]) == (3, 12)  # 5 + 5 + 2: bounded rounds, nothing left
+    totals = clients.change_queue(settings).round_totals(settings.collection)
+    assert (totals["rounds"], totals["changes"], totals["last_changes"]) == (3, 12, 2)
+
+
+def test_a_transient_failure_is_retried_after_its_backoff_and_one_that_keeps_failing_is_set_aside(tmp_path,
+                                                                                                    settings):
+    folder, faults = tmp_path / "flaky", tmp_path / "faults"
+    folder.mkdir()
+    faults.mkdir()
+    (folder / "flaky report.txt").write_text(text(1, "dam"))
+    (folder / "fine.txt").write_text(text(2, "dam"))
+    doc = doc_id_for(path_to_uri(folder / "flaky report.txt"))
+    queue = clients.change_queue(settings)
+
+    (faults / doc).write_text("timeout")  # the next extraction of this document times out, once
+    put(settings, folder, ["flaky report.txt", "fine.txt"])
+    summary = drain_now(settings, fault_dir=str(faults), transient_backoff_s=0, drain_max_attempts=3)
+    assert (summary["rounds"], summary["retrying"], summary["dead"]) == (2, 1, 0)  # due at once: retried, indexed
+    assert set(indexed(settings, folder).values()) == {"indexed"} and queue.stats(settings.collection).pending == 0
+
+    (folder / "flaky report.txt").write_text(text(3, "dam"))
+    (faults / doc).write_text("timeout")
+    put(settings, folder, ["flaky report.txt"])
+    summary = drain_now(settings, fault_dir=str(faults), drain_max_attempts=1)
+    assert (summary["rounds"], summary["dead"]) == (1, 1)
+    stats = queue.stats(settings.collection)
+    assert (stats.pending, stats.dead) == (0, 1)
+    dead = queue.entries(settings.collection, "dead")[0]
+    assert (dead.object, dead.reason, dead.attempts) == ("flaky report.txt", "timeout", 1)
+    # The failed new version keeps the previous one searchable.
+    assert top_uri(settings, text(1, "dam")) == path_to_uri(folder / "flaky report.txt")
+
+    put(settings, folder, ["flaky report.txt"])  # a new change revives it, and it indexes
+    drain_now(settings)
+    assert queue.stats(settings.collection).dead == 0
+    assert top_uri(settings, text(3, "dam")) == path_to_uri(folder / "flaky report.txt")
