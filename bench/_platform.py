@@ -167,6 +167,8 @@ class Platform:
         import httpx
 
         deps = httpx.post(f"{self.ep.api_url}/deployments/filter", json={}, timeout=10).json()
-        ids = [d["id"] for d in deps if d["name"] == "s3-object"]
-        body = {"deployments": {"id": {"any_": ids}}}
+        ids = [d["id"] for d in deps if d["name"] == "drain"]
+        # Runs that drained; wake-ups that arrived while one did are CANCELLED by the limit without a process.
+        body = {"deployments": {"id": {"any_": ids}},
+                "flow_runs": {"state": {"type": {"any_": ["RUNNING", "COMPLETED", "FAILED", "CRASHED"]}}}}
         return int(httpx.post(f"{self.ep.api_url}/flow_runs/count", json=body, timeout=10).json())

@@ -37,7 +37,7 @@ def main() -> None:
               "platform_startup_s": round(startup, 1), "per_upload": rows}
     print(table(rows, ["upload", "searchable_s", "ledger_fresh_s"]))
     print(f"{len(times)}/{args.uploads} searchable; p50 {result['p50_s']} s, p95 {result['p95_s']} s, "
-          f"{runs} s3-object runs")
+          f"{runs} drain runs")
     write("freshness", result)
 
 

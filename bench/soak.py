@@ -138,7 +138,7 @@ def main() -> None:
     print(table(mem, ["process", "first_min_mb", "last_min_mb", "peak_mb", "slope_mb_per_min"]))
     print(f"{len(times)}/{len(rows)} searchable; p50 {result['p50_s']} s, p95 {result['p95_s']} s, max "
           f"{result['max_s']} s (first minute p50 {result['first_min_p50_s']}, last {result['last_min_p50_s']}); "
-          f"{runs} s3-object runs, at most {result['flow_runs_concurrent_max']} flow-run processes at once "
+          f"{runs} drain runs, at most {result['flow_runs_concurrent_max']} flow-run processes at once "
           f"(peak {result['flow_run_rss_peak_mb']} MB together); machine busy {result['machine_busy_cores_mean']} "
           f"cores, load average {result['load_avg_1m_mean']}")
     write("soak", result)

@@ -217,7 +217,24 @@ def cmd_watch(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
 
         run_watch(settings, folder, stop, report=lambda line: print(line, flush=True), options=flow_options(settings))
 
-    with_prefect(run, settings)
+    # The loop runs in a thread so that SIGTERM stays ours: in the main thread each flow run would take it over and
+    # kill its round, where here it ends the drain after the round in progress.
+    failed: list[BaseException] = []
+
+    def work():
+        try:
+            with_prefect(run, settings)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            stop.set()
+
+    loop = threading.Thread(target=work, name="watch", daemon=True)
+    loop.start()
+    while loop.is_alive():
+        loop.join(0.5)
+    if failed:
+        raise failed[0]
     return 0
 
 
@@ -231,9 +248,10 @@ def cmd_drain(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         return drain(collection=settings.collection, options=options)
 
     done = with_prefect(run, settings)
-    print(json.dumps(done) if args.json else f"{done['collection']}: indexed {done['changes']} changes in "
-                                              f"{done['rounds']} round{'s' * (done['rounds'] != 1)} ({done['retrying']} "
-                                              f"retrying, {done['dead']} dead) in {done['seconds']:.1f}s")
+    rounds = f"{done['rounds']} round{'s' * (done['rounds'] != 1)}"
+    print(json.dumps(done) if args.json else f"{done['collection']}: indexed {done['changes']} changes in {rounds} "
+                                              f"({done['retrying']} retrying, {done['dead']} dead) in "
+                                              f"{done['seconds']:.1f}s")
     return 0
 
 
@@ -260,10 +278,11 @@ def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         from flows.api import ensure_prefect_api
 
         folder, options = _folder(args.watch), flow_options(base)
-        ensure_prefect_api(base.home)
+            ensure_prefect_api(base.home)
         from flows.watch import run_watch  # imports Prefect now, not in the thread after the server is up
 
         watch_log = logging.getLogger("millrace.watch")
+        watch_log.setLevel(logging.INFO)  # a line per drain, as `millrace watch` prints
 
         def background(stop):
             with_prefect(lambda: run_watch(base, folder, stop, report=watch_log.info, options=options), base)

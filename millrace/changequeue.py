@@ -108,7 +108,8 @@ def _epoch(when: datetime | None) -> float:
 def _newer(change: Change, row: dict) -> bool:
     """Whether `change` supersedes the stored row (millrace.s3events.newer: sequencer, then event time, then
     arrival). A redelivery of the same change (same sequencer) is not newer."""
-    if change.sequencer and change.sequencer.upper() == row["sequencer"].upper():
+    width = max(len(change.sequencer), len(row["sequencer"]))
+    if change.sequencer and change.sequencer.upper().ljust(width, "0") == row["sequencer"].upper().ljust(width, "0"):
         return False
 
     def s3(sequencer: str, event_time: float) -> S3Change:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Request
@@ -42,6 +44,8 @@ from serving.security import KeyRing, RateLimiter
 log = logging.getLogger("millrace.serving")
 access = logging.getLogger("millrace.access")
 STATIC = Path(__file__).parent / "static"
+Background = Callable[[threading.Event], None]
+BACKGROUND_STOP_S = 60.0
 
 
 @dataclass
@@ -147,7 +151,22 @@ def _route(scope) -> str:
     return getattr(route, "path", None) or ("static" if scope["path"].startswith("/static") else "other")
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
+def start_background(work: Background) -> tuple[threading.Event, threading.Thread]:
+    """Run `work(stop)` in a thread (after the services: they opened Milvus, so it shares this process's client)."""
+    stop = threading.Event()
+
+    def run():
+        try:
+            work(stop)
+        except Exception:  # the API keeps serving what is indexed; the log says why the index stopped following
+            log.exception("background work stopped")
+
+    thread = threading.Thread(target=run, name="serve background", daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def create_app(settings: ServeSettings, background: Background | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -157,9 +176,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         elif not app.state.services.scrapers.enabled:
             log.info("/metrics is open without a key (the Prometheus convention); set MILLRACE_METRICS_TOKEN to "
                      "require a scrape token")
+        worker = start_background(background) if background is not None else None
         try:
             yield
         finally:
+            if worker is not None:
+                stop, thread = worker
+                stop.set()  # a drain ends after its round: the index is left consistent, the rest stays queued
+                await to_thread.run_sync(thread.join, BACKGROUND_STOP_S)
+                if thread.is_alive():
+                    log.warning("background work still running after %.0fs; exiting without it", BACKGROUND_STOP_S)
             svc = app.state.services
             svc.retrieval.close()
             if svc.answers.llm is not None:

@@ -29,13 +29,12 @@ from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from millrace.changequeue import Change
+from millrace.changequeue import Change, from_s3
 from millrace.clients import change_queue
 from millrace.config import Settings
 from millrace.eventlog import EventLog
 from millrace.retry import with_retries
 from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
-from millrace.sources import route_keys
 from serving.emit import Debouncer, PrefectEmitter, flush_events
 from serving.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
 
@@ -145,14 +144,10 @@ class Relay:
         log.info("woke the drain of %s: %d changes in bucket %s", self.collection, len(events) - 1, bucket)
 
     def within_sources(self, changes: list[S3Change]) -> tuple[list[tuple[S3Change, Change]], int]:
-        """Each change the ingest flows would act on with its queue entry (millrace.sources.route_keys, their own
-        rule: the source root and the decoded key below it), and how many lie outside MILLRACE_SOURCES."""
-        kept = []
-        for c in changes:
-            for root, (rel, *_) in route_keys(c.bucket, [c.key], self.sources).items():
-                kept.append((c, Change(collection=self.collection, source=root, object=rel, kind=c.kind,
-                                       sequencer=c.sequencer, event_time=c.event_time, size=c.size,
-                                       origin=f"relay:{c.message_id}")))
+        """Each change the ingest flows would act on with its queue entry (millrace.changequeue.from_s3: the source
+        root and the decoded key below it, the flows' own rule), and how many are left out (keys outside
+        MILLRACE_SOURCES, folder markers)."""
+        kept = [(c, q) for c in changes for q in from_s3(self.collection, [c], self.sources, "relay")]
         return kept, len(changes) - len(kept)
 
     async def deliver(self, request: Request, message_id: str, routed: list[tuple[S3Change, Change]]) -> JSONResponse:

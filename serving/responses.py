@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from serving import routes
+from serving import routes, watermark
 from serving.answering import Generation
 from serving.citations import citation_of
 from serving.errors import ServingError
@@ -70,10 +70,10 @@ def annotations(gen: Generation, spans: list[tuple[int, int, int]]) -> list[URLC
     return out
 
 
-def finished(resp: ResponseObject, gen: Generation, item: OutputMessage) -> ResponseObject:
+def finished(resp: ResponseObject, gen: Generation, item: OutputMessage, mark=None) -> ResponseObject:
     """`resp`, done: status from the finish reason (a cut answer is `incomplete`, as OpenAI reports it), the whole
     output, usage, and Millrace's citations and retrieval details."""
-    a = gen.answer()
+    a = routes.with_watermark(gen.answer(), mark)
     cut = a.finish_reason == "length"
     item.status = "incomplete" if cut else "completed"
     return resp.model_copy(update={
@@ -102,6 +102,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     params: dict[str, Any] = {"temperature": temperature}
     if body.top_p is not None:
         params["top_p"] = body.top_p
+    mark = await watermark.current(svc.settings)  # read before retrieval, so it never claims more than was seen
     job = await svc.answers.prepare(messages, query, k, opts.mode if opts else "auto", opts.filter if opts else None,
                                     max_tokens, params)
     gen = await svc.answers.open(job)
@@ -112,16 +113,16 @@ async def create_response(body: ResponsesRequest, request: Request):
     if not body.stream:
         a = await gen.finish()
         item.content = [OutputText(text=a.answer, annotations=annotations(gen, gen.filter.spans))]
-        return finished(resp, gen, item).model_dump(mode="json")
-    return StreamingResponse(Events(resp, item, gen).stream(), media_type="text/event-stream",
+        return finished(resp, gen, item, mark).model_dump(mode="json")
+    return StreamingResponse(Events(resp, item, gen, mark).stream(), media_type="text/event-stream",
                              headers=routes.SSE_HEADERS)
 
 
 class Events:
     """The SSE events of one streamed response, numbered by `sequence_number` in the order they are sent."""
 
-    def __init__(self, resp: ResponseObject, item: OutputMessage, gen: Generation):
-        self.resp, self.item, self.gen, self.seq = resp, item, gen, 0
+    def __init__(self, resp: ResponseObject, item: OutputMessage, gen: Generation, mark=None):
+        self.resp, self.item, self.gen, self.mark, self.seq = resp, item, gen, mark, 0
 
     def event(self, kind: str, **fields: Any) -> str:
         data = {"type": kind, "sequence_number": self.seq, **fields}
@@ -149,7 +150,7 @@ class Events:
             yield self.event("response.content_part.done", **where, content_index=0,
                              part=part.model_dump(mode="json"))
             item.content = [part]
-            done = finished(resp, gen, item)
+            done = finished(resp, gen, item, self.mark)
             yield self.event("response.output_item.done", output_index=0, item=item.model_dump(mode="json"))
             yield self.event(f"response.{done.status}", response=done.model_dump(mode="json"))
         except ServingError as exc:

@@ -7,10 +7,14 @@ a Milvus server instead, where serving and ingests share the index."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from millrace import logs, telemetry
 from millrace.lite_lock import hold
 from serving.config import ServeSettings
+
+if TYPE_CHECKING:
+    from serving.app import Background
 
 
 def claim_lite(settings: ServeSettings, url: str) -> None:
@@ -20,7 +24,9 @@ def claim_lite(settings: ServeSettings, url: str) -> None:
         hold(settings.resolved_milvus_uri, command="millrace serve", url=url)
 
 
-def serve(settings: ServeSettings, host: str | None = None, port: int | None = None, log_level: str = "info") -> int:
+def serve(settings: ServeSettings, host: str | None = None, port: int | None = None, log_level: str = "info",
+          background: Background | None = None) -> int:
+    """`background(stop)` runs in a thread beside the app once it serves (`serve --watch`), until `stop` is set."""
     import uvicorn
 
     from serving.app import create_app
@@ -34,7 +40,7 @@ def serve(settings: ServeSettings, host: str | None = None, port: int | None = N
     print(f"Millrace API on {url}  (page: {url}/, OpenAI base URL: {url}/v1)", flush=True)
     telemetry.setup("millrace-serve", settings)
     # uvicorn's own access log is off: the app writes one line per request with its request and trace ids.
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(create_app(settings, background), host=host, port=port, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10)  # configures uvicorn's loggers
     logs.configure(settings, loggers=("", "uvicorn", "uvicorn.error"), console=True)
     uvicorn.Server(config).run()

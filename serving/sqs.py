@@ -22,8 +22,6 @@ import os
 import signal
 import sys
 import threading
-import uuid
-from datetime import datetime, timezone
 
 from pydantic import BaseModel
 
@@ -34,10 +32,9 @@ from millrace.retry import with_retries
 from millrace.s3events import BadEvent, Notice, parse_body
 from millrace.sources import route_keys
 from millrace.sqs_dlq import DETAIL_CHARS, attributes, send_batch, sqs_client
-from serving.emit import EmitError, PrefectEmitter
+from serving.emit import EmitError, PrefectEmitter, wake_event
 
 log = logging.getLogger("millrace.sqs")
-WAKE_EVENT = "millrace.changes.pending"
 HELP = ("check the queue URL (MILLRACE_SQS_QUEUE_URL), the endpoint (--endpoint-url or AWS_ENDPOINT_URL_SQS, "
         "unset for AWS itself), the region (AWS_REGION) and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
         "AWS_PROFILE or an instance role with sqs:ReceiveMessage, sqs:DeleteMessage and, for the DLQ, "
@@ -55,13 +52,6 @@ class PollResult(BaseModel):
     deleted: int = 0  # messages committed (stored, or with nothing to store) and deleted
     dead_lettered: int = 0  # poison messages moved to the DLQ
     poison: int = 0  # poison messages left for redelivery
-
-
-def wake_event(collection: str, n: int) -> dict:
-    return {"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(), "event": WAKE_EVENT,
-            "resource": {"prefect.resource.id": f"millrace.collection.{collection}",
-                         "prefect.resource.name": collection},
-            "payload": {"collection": collection, "changes": n}}
 
 
 def emitter_from_env() -> PrefectEmitter | None:

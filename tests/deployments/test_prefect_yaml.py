@@ -10,7 +10,7 @@ from prefect.flows import load_flow_from_entrypoint
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"backfill": "ingest", "sync": "sync", "drain": "drain", "rebuild": "rebuild",
+EXPECTED = {"backfill": "ingest", "sync": "sync", "drain": "drain", "watch": "watch", "rebuild": "rebuild",
             "rollback": "rollback", "evaluate": "evaluate"}
 
 

@@ -1,7 +1,6 @@
 """The draining run: queued changes of messy names become searchable and deletions leave the index, rounds grow
 with the backlog, a change that arrives mid-round is not lost, transient failures retry then die with a reason."""
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,6 @@ import pytest
 from flows.drain import drain
 from millrace import clients
 from millrace.changequeue import Change
-from millrace.config import load_settings
 from millrace.sources import canonical_source_uri, path_to_uri
 from millrace.records import doc_id_for
 from serving.retrieve import Retriever

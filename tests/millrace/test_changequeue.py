@@ -49,6 +49,12 @@ def test_without_sequencers_event_time_then_arrival_decides(queue):
     assert e.kind == "created" and e.version == 3
 
 
+def test_a_redelivered_change_is_not_a_new_version(queue):
+    queue.put([change(sequencer="00AB")])
+    assert queue.put([change(sequencer="00ab")]) == 0  # SQS and the relay may both deliver one S3 event
+    assert queue.entry("c", "s3://bucket/docs", "a.pdf").version == 1
+
+
 def test_many_changes_to_one_object_are_one_entry_keeping_its_first_arrival(queue):
     queue.put([change(sequencer="01")], now=100.0)
     queue.put([change(sequencer="02")], now=200.0)
@@ -139,8 +145,9 @@ KEYS = ["a", "b", "c"]
 
 
 def accepts(new: str, stored: str) -> bool:
-    """The model's rule: a later (or equal, or unorderable) sequencer wins; sequencers here have one width."""
-    return not new or not stored or new >= stored
+    """The model's rule: a later or unorderable sequencer wins, a redelivery (the same one) does not; sequencers
+    here have one width."""
+    return not new or (new != stored and (not stored or new > stored))
 
 
 class QueueMachine(RuleBasedStateMachine):

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -27,7 +26,7 @@ import yaml
 from millrace.changequeue import ChangeQueue, meta as queue_meta
 from millrace.config import Settings
 from millrace.eventlog import last_event
-from serving.emit import WAKE_EVENT, PrefectEmitter, bucket_resource
+from serving.emit import WAKE_EVENT, PrefectEmitter
 from tests.conftest import ROOT, free_port
 from tests.millrace.test_s3events import make_signer, s3_record, sign
 
@@ -182,7 +181,7 @@ def test_uploads_and_a_delete_are_queued_and_become_object_events_and_few_wake_u
     for key in KEYS:  # no MILLRACE_SOURCES: the bucket is the source, the decoded key the object
         entry = changes.entry(collection, f"s3://{bucket}", key)
         assert entry is not None and entry.kind == "created" and entry.size == len(key.encode()), key
-        assert entry.origin.startswith("relay:") and entry.sequencer
+        assert entry.origin.startswith("relay:")
     woken = wait_for(lambda: wakes(api, collection), "a wake-up event")
     assert woken[0]["payload"]["collection"] == collection and woken[0]["payload"]["changes"] >= 1
     assert woken[0]["resource"]["prefect.resource.name"] == collection
@@ -287,7 +286,7 @@ def test_minio_and_eventbridge_bodies(world):
               "time": "2026-11-21T10:00:00Z", "detail": {"bucket": {"name": bucket},
                                                          "object": {"key": "old+report.pdf", "sequencer": "0B"}}}
     assert post(relay, bridge, token=None, headers={"X-Millrace-Token": TOKEN}).json()["status"] == "queued"
-    found = wait_for(lambda: (e := events(api, bucket)) and len(e) >= 4 and e, "four events")
+    found = wait_for(lambda: (e := events(api, bucket)) and len(e) >= 2 and e, "two object events")
     assert {(e["event"], e["payload"].get("key")) for e in found} >= {
         ("s3.object.created", "café notes.txt"), ("s3.object.removed", "old report.pdf")}
     changes = queue(world["home"])
@@ -426,97 +425,57 @@ def test_the_relay_refuses_to_start_without_a_proper_token(tmp_path, token):
     assert done.returncode != 0 and "MILLRACE_RELAY_TOKEN" in done.stderr and "secrets.token_urlsafe" in done.stderr
 
 
-# How a deployment trigger in prefect.yaml passes the batch to the flow: proved against the real Prefect API.
-# The relay no longer emits batch events (the change queue carries the changes); this proves the s3-object
-# deployment's trigger, which is being replaced by the drain's, and goes with it.
+# How the drain deployment's trigger in prefect.yaml turns the relay's wake-up into a run for its collection:
+# proved against the real Prefect API, with the very event the relay emits (serving.emit.wake_event).
 
 
 def trigger_yaml() -> str:
-    """The trigger exactly as prefect.yaml declares it for the s3-object deployment."""
-    return yaml.safe_dump({"triggers": next(
-        d for d in yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
-        if d["name"] == "s3-object")["triggers"]})
+    """The trigger exactly as prefect.yaml declares it for the drain deployment."""
+    deployments = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
+    [drain] = [d for d in deployments if d["name"] == "drain"]
+    return yaml.safe_dump({"triggers": drain["triggers"]})
 
 
-def batch_event(bucket: str, changes) -> list[dict]:
-    """The `s3.objects.changed` event the relay used to emit for a batch."""
-    return [{"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(),
-             "event": "s3.objects.changed", "resource": bucket_resource(bucket), "related": [],
-             "payload": {"bucket": bucket, "created": [c.key for c in changes if c.kind == "created"],
-                         "removed": [c.key for c in changes if c.kind == "removed"], "count": len(changes)}}]
-# The explicit form of the same thing, for Prefect versions that render a bare "{{ ... }}" as a string.
-EXPLICIT_YAML = """
-triggers:
-  - type: event
-    match:
-      prefect.resource.id: "s3.bucket.*"
-    expect:
-      - s3.objects.changed
-    parameters:
-      bucket: "{{ event.payload.bucket }}"
-      created:
-        __prefect_kind: json
-        value:
-          __prefect_kind: jinja
-          template: "{{ event.payload.created | tojson }}"
-      removed:
-        __prefect_kind: json
-        value:
-          __prefect_kind: jinja
-          template: "{{ event.payload.removed | tojson }}"
-"""
+def drain_signature(collection: str | None = None, options: dict | None = None) -> None:
+    """The signature of flows/drain.py's flow: its schema makes the server check the parameters' types."""
 
 
-def s3_object(bucket: str, created: list[str] = [], removed: list[str] = []) -> None:  # noqa: B006
-    """The signature of flows/s3_object.py's flow: its schema makes the server check the parameters' types."""
-
-
-async def _prove(prefect_api: str, bucket: str, changes) -> list[dict]:
+async def _prove(prefect_api: str, collection: str) -> list[dict]:
     from prefect import flow
     from prefect.cli.deploy._triggers import _create_deployment_triggers, _initialize_deployment_triggers
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.utilities.callables import parameter_schema
 
-    proof = flow(name=f"relay-proof-{uuid.uuid4().hex[:6]}")(s3_object)
-    schema = parameter_schema(s3_object).model_dump_for_openapi()
+    from serving.emit import wake_event
+
+    proof = flow(name=f"relay-proof-{uuid.uuid4().hex[:6]}")(drain_signature)
+    schema = parameter_schema(drain_signature).model_dump_for_openapi()
     async with get_client() as client:
         flow_id = await client.create_flow(proof)
-        ids = []
-        for spec in (trigger_yaml(), EXPLICIT_YAML):  # the path `prefect deploy` takes with a prefect.yaml
-            deployment_id = await client.create_deployment(
-                flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", entrypoint="flows/s3_object.py:s3_object",
-                parameter_openapi_schema=schema, enforce_parameter_schema=True)
-            triggers = _initialize_deployment_triggers("s3-object", yaml.safe_load(spec)["triggers"])
-            await _create_deployment_triggers(client, deployment_id, triggers)
-            ids.append(deployment_id)
+        deployment_id = await client.create_deployment(
+            flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", entrypoint="flows.drain:drain",
+            parameter_openapi_schema=schema, enforce_parameter_schema=True)
+        triggers = _initialize_deployment_triggers("drain", yaml.safe_load(trigger_yaml())["triggers"])
+        await _create_deployment_triggers(client, deployment_id, triggers)
         await asyncio.sleep(6)  # the triggers service picks up new automations within a few seconds
         emitter = PrefectEmitter(prefect_api)
         try:
-            await asyncio.to_thread(emitter.emit, batch_event(bucket, changes))
+            await asyncio.to_thread(emitter.emit, [wake_event(collection, 3)])
         finally:
             emitter.close()
         runs: list = []
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(runs) < 2:
+        while time.monotonic() < deadline and not runs:
             await asyncio.sleep(1)
-            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)))
-        for deployment_id in ids:
-            await client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-            await client.delete_deployment(deployment_id)
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        await client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+        await client.delete_deployment(deployment_id)
         return [run.parameters for run in runs]
 
 
-def test_a_deployment_trigger_passes_the_batch_lists_to_the_flow(prefect_api):
-    from millrace.s3events import S3Change
-
-    bucket = f"proof-{uuid.uuid4().hex[:6]}"
-    created = ["Übersicht Mai.docx", 'a "quoted" {{ not.a.template }}.txt', "x'y <b>&amp;.pdf", "a, b.txt"]
-    changes = [S3Change(bucket=bucket, key=k, kind="created", message_id="proof", index=i)
-               for i, k in enumerate(created)]
-    changes.append(S3Change(bucket=bucket, key="gone.txt", kind="removed", message_id="proof", index=9))
-    parameters = asyncio.run(_prove(prefect_api, bucket, changes))
-    assert len(parameters) == 2, "the trigger did not create a flow run for each deployment"
-    for p in parameters:  # both forms: real lists of the exact keys, not their string rendering
-        assert p == {"bucket": bucket, "created": created, "removed": ["gone.txt"]}
-        assert isinstance(p["created"], list) and isinstance(p["removed"], list)
+def test_the_drain_trigger_starts_a_run_for_the_woken_collection(prefect_api):
+    collection = f"Proof Collection é #{uuid.uuid4().hex[:4]}"
+    parameters = asyncio.run(_prove(prefect_api, collection))
+    assert parameters == [{"collection": collection}], "the wake-up did not start exactly one run for its collection"

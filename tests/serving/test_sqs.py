@@ -23,7 +23,8 @@ from millrace.s3events import parse_body
 from millrace.sources import canonical_source_uri, route_keys
 from millrace.sqs_dlq import forward_dead, object_location, records_document, sqs_client
 from serving.emit import PrefectEmitter
-from serving.sqs import WAKE_EVENT, PollResult, SqsIntake
+from serving.emit import WAKE_EVENT
+from serving.sqs import PollResult, SqsIntake
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
