@@ -111,6 +111,17 @@ class Platform:
                 self.moto.terminate()
                 self.moto.wait(10)
 
+    def cli_env(self) -> dict[str, str]:
+        """The environment of an operator's shell after the `export` lines `make server` prints, with S3 reaching
+        moto: what `millrace ingest` on this platform runs with."""
+        import os
+        import shlex
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"MILLRACE_S3_ENDPOINT_URL": self.creds["endpoint_url"], "MILLRACE_S3_KEY": "testing",
+                "MILLRACE_S3_SECRET": "testing", "MILLRACE_S3_REGION": "us-east-1"}
+        return {**env, **dict(shlex.split(line)[1].split("=", 1) for line in self.ep.exports())}
+
     def key(self, i: int) -> str:
         return f"uploads/log {self.tag} #{i}.txt"
 

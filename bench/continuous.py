@@ -57,7 +57,7 @@ def committed(p: Platform, keys: dict[str, float]) -> dict[str, float]:
 
     s = settings_of(p)
     by_uri = {s3_uri(p.bucket, k): k for k in keys}
-    rows = clients.ledger(s).rows_for(clients.ledger(s) and _physical(s), [_doc(u) for u in by_uri])
+    rows = clients.ledger(s).rows_for(_physical(s), [_doc(u) for u in by_uri])
     return {by_uri[r["source_uri"]]: r["indexed_at"] for r in rows.values()
             if r["state"] == "indexed" and r["source_uri"] in by_uri}
 

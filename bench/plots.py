@@ -1,5 +1,5 @@
-"""PNG plots from bench/results/*.json: encode throughput vs batch size, query latency distributions, and
-where an ingest's wall time goes.
+"""PNG plots from bench/results/*.json: encode throughput vs batch size, query latency distributions, where an
+ingest's wall time goes, and continuous indexing's freshness and queue depth against the upload rate.
 
     python bench/plots.py"""
 
@@ -61,7 +61,38 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / "query_latency.png", dpi=120)
         made.append("query_latency.png")
+    continuous = RESULTS / "continuous.json"
+    if continuous.is_file():
+        made.append(plot_rate_curve(json.loads(continuous.read_text())))
     print("wrote " + (", ".join(f"bench/results/{m}" for m in made) or "nothing (no results yet)"))
+
+
+def plot_rate_curve(result: dict) -> str:
+    """Upload rate against p50/p95 freshness (left) and the queue's largest and last-quarter depth (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    rates = [s["rate_per_s"] for s in steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(rates, [s["p50_s"] for s in steps], marker="o", label="p50")
+    left.plot(rates, [s["p95_s"] for s in steps], marker="o", label="p95")
+    left.axhline(30, color="grey", linestyle=":", label="p95 bar (30 s)")
+    batch = result["batch"]["docs_per_s"]
+    for ax in (left, right):
+        ax.axvline(0.8 * batch, color="green", linestyle="--", label=f"0.8 x batch ({0.8 * batch:.2f}/s)")
+    left.set(xlabel="uploads / s", ylabel="upload -> searchable (s)", yscale="log", title="freshness")
+    right.plot(rates, [s["queue_max"] for s in steps], marker="o", label="largest")
+    right.plot(rates, [s["queue_last_quarter"] for s in steps], marker="o", label="mean, last quarter of the step")
+    right.set(xlabel="uploads / s", ylabel="changes queued", title="queue depth")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"continuous indexing, {result['args']['step_s']:.0f} s per step")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "continuous_rate.png", dpi=120)
+    return "continuous_rate.png"
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         from flows.api import ensure_prefect_api
 
         folder, options = _folder(args.watch), flow_options(base)
-            ensure_prefect_api(base.home)
+        ensure_prefect_api(base.home)
         from flows.watch import run_watch  # imports Prefect now, not in the thread after the server is up
 
         watch_log = logging.getLogger("millrace.watch")

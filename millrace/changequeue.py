@@ -109,7 +109,8 @@ def _newer(change: Change, row: dict) -> bool:
     """Whether `change` supersedes the stored row (millrace.s3events.newer: sequencer, then event time, then
     arrival). A redelivery of the same change (same sequencer) is not newer."""
     width = max(len(change.sequencer), len(row["sequencer"]))
-    if change.sequencer and change.sequencer.upper().ljust(width, "0") == row["sequencer"].upper().ljust(width, "0"):
+    if change.sequencer and row["sequencer"] and \
+            change.sequencer.upper().ljust(width, "0") == row["sequencer"].upper().ljust(width, "0"):
         return False
 
     def s3(sequencer: str, event_time: float) -> S3Change:
