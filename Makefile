@@ -76,7 +76,7 @@ server: $(STAMP)
 stop:
 	$(BIN)/python -m millrace.platform stop
 
-# The benchmarks of BENCHMARKS.md (about 1.5 hours on 2 cores); never part of `make test`.
+# The benchmarks of BENCHMARKS.md (about 3.5 hours on 2 cores); never part of `make test`.
 SCIFACT ?= ../shared/data/scifact
 DOCS    ?= ../shared/data/docs
 bench: $(STAMP) | $(PATHWAY_STAMP)
@@ -85,8 +85,9 @@ bench: $(STAMP) | $(PATHWAY_STAMP)
 	$(BIN)/python bench/ingest.py --corpus $(DOCS) --name docs
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
-	$(BIN)/python bench/freshness.py --uploads 24
-	$(BIN)/python bench/soak.py --minutes 10 --every 6
+	$(BIN)/python bench/freshness.py --uploads 20 --every 15
+	$(BIN)/python bench/continuous.py --batch 200 --rates 0.5,1,1.5,2,3 --step-s 300 --burst 2000 --soak-s 600
+	$(BIN)/python bench/peer_freshness.py --rates 0.5,1,2,4,6,8,12 --step-s 60 --low-rate 0.2 --low-n 20
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
