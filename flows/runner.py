@@ -23,6 +23,10 @@ LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distribu
 
 def local_cluster(**kwargs) -> distributed.LocalCluster:
     """A LocalCluster whose scheduler (in this process) starts with LOCAL_SCHEDULER_CONFIG."""
+    # Workers keep the JVM's own signal handling even when this process asked for -Xrs (`millrace watch`): a worker
+    # whose nanny stops it must exit, not wait for the JVM's threads.
+    options = [o for o in os.environ.get("JAVA_TOOL_OPTIONS", "").split() if o != "-Xrs"]
+    kwargs.setdefault("env", {"JAVA_TOOL_OPTIONS": " ".join(options)})
     with dask.config.set(LOCAL_SCHEDULER_CONFIG):
         return distributed.LocalCluster(**kwargs)
 

@@ -136,9 +136,7 @@ class _Jvm:
                     # start_jvm_on_main_thread) JPype's normal teardown is clean; elsewhere, skip the destroy.
                     jpype.config.destroy_jvm = threading.current_thread() is threading.main_thread()
                     atexit.register(_drain_parses)  # runs before JPype's own exit hook
-                    # -Xrs: SIGTERM and SIGINT stay Python's, so a server or a draining run shuts down cleanly
-                    # instead of the JVM ending the process at once (exit 143).
-                    jpype.startJVM(f"-Xmx{heap}", "-Djava.awt.headless=true", "-Xrs",
+                    jpype.startJVM(f"-Xmx{heap}", "-Djava.awt.headless=true",
                                    classpath=[str(jar)], convertStrings=False)
                 from java.lang import Thread
                 from org.apache.logging.log4j import Level
