@@ -4,7 +4,6 @@ and the wake-up of the collection's drain, after it)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -21,14 +20,13 @@ from urllib.parse import quote, quote_plus
 import boto3
 import httpx
 import pytest
-import yaml
 
 from millrace.changequeue import ChangeQueue, meta as queue_meta
 from millrace.config import Settings
 from millrace.eventlog import last_event
-from serving.emit import WAKE_EVENT, PrefectEmitter
+from serving.emit import WAKE_EVENT
 from tests.conftest import ROOT, free_port
-from tests.millrace.test_s3events import make_signer, s3_record, sign
+from tests.millrace.test_s3events import s3_record
 
 pytestmark = pytest.mark.integration
 TOKEN = "relay-test-token-" + uuid.uuid4().hex
@@ -378,104 +376,3 @@ def test_messy_keys_are_queued_decoded_and_relative_to_their_source(prefect_api,
         entry = changes.entry(collection, source, where[1])
         assert entry is not None and entry.source == source and entry.object == where[1], key
     assert changes.stats(collection).pending == 3
-
-
-def test_sns_signatures_and_subscription_confirmation(prefect_api, tmp_path):
-    site, server = serve(Capture)
-    key, pem = make_signer()
-    Capture.files["/cert.pem"], Capture.files["/confirm"] = pem, b"<ConfirmSubscriptionResponse/>"
-    relay, proc = start_relay(tmp_path, prefect_api, MILLRACE_RELAY_VERIFY_SNS="true",
-                              MILLRACE_RELAY_SNS_URL_PATTERN=r"^http://127\.0\.0\.1:\d+/")
-    cert_url, bucket = f"{site}/cert.pem", f"signed-{uuid.uuid4().hex[:6]}"
-    base = {"MessageId": str(uuid.uuid4()), "TopicArn": "arn:aws:sns:us-east-1:1:t",
-            "Timestamp": "2026-11-21T10:00:00.000Z"}
-    try:
-        confirmation = sign({**base, "Type": "SubscriptionConfirmation", "Token": "abc", "Message": "confirm me",
-                             "SubscribeURL": f"{site}/confirm?Token=abc"}, key, "2", cert_url)
-        assert post(relay, confirmation).json() == {"status": "confirmed"}
-        assert Capture.hits.count("/confirm?Token=abc") == 1
-        message = json.dumps({"Records": [s3_record("signed doc.pdf", bucket=bucket)]})
-        notification = sign({**base, "Type": "Notification", "Message": message}, key, "1", cert_url)
-        assert post(relay, notification).json()["status"] == "queued"
-        wait_for(lambda: events(prefect_api, bucket), "the signed notification's events")
-        for bad in ({**notification, "Message": message.replace("signed", "forged")},
-                    {**notification, "Signature": "EXAMPLEpH+=="},
-                    sign({**base, "Type": "Notification", "Message": message}, make_signer()[0], "2", cert_url),
-                    sign({**base, "Type": "Notification", "Message": message}, key, "2",
-                         "https://attacker.example.com/cert.pem")):
-            rejected = post(relay, bad)
-            assert rejected.status_code == 403 and "signature" in rejected.json()["detail"].lower(), rejected.text
-        assert post(relay, sign({**base, "Type": "UnsubscribeConfirmation", "Token": "t", "Message": "bye",
-                                 "SubscribeURL": f"{site}/confirm"}, key, "2", cert_url)).status_code == 200
-        assert Capture.hits.count("/cert.pem") == 1  # fetched once, then cached
-        outside = sign({**base, "Type": "SubscriptionConfirmation", "Token": "x", "Message": "m",
-                        "SubscribeURL": "https://attacker.example.com/confirm"}, key, "2", cert_url)
-        assert post(relay, outside).status_code == 403
-    finally:
-        stop(proc)
-        server.shutdown()
-
-
-@pytest.mark.parametrize("token", [None, "short"])
-def test_the_relay_refuses_to_start_without_a_proper_token(tmp_path, token):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_RELAY_")}
-    env.update({"MILLRACE_RELAY_TOKEN": token} if token else {})
-    done = subprocess.run([sys.executable, "-m", "serving.relay", "--port", str(free_port())], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "MILLRACE_RELAY_TOKEN" in done.stderr and "secrets.token_urlsafe" in done.stderr
-
-
-# How the drain deployment's trigger in prefect.yaml turns the relay's wake-up into a run for its collection:
-# proved against the real Prefect API, with the very event the relay emits (serving.emit.wake_event).
-
-
-def trigger_yaml() -> str:
-    """The trigger exactly as prefect.yaml declares it for the drain deployment."""
-    deployments = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
-    [drain] = [d for d in deployments if d["name"] == "drain"]
-    return yaml.safe_dump({"triggers": drain["triggers"]})
-
-
-def drain_signature(collection: str | None = None, options: dict | None = None) -> None:
-    """The signature of flows/drain.py's flow: its schema makes the server check the parameters' types."""
-
-
-async def _prove(prefect_api: str, collection: str) -> list[dict]:
-    from prefect import flow
-    from prefect.cli.deploy._triggers import _create_deployment_triggers, _initialize_deployment_triggers
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.utilities.callables import parameter_schema
-
-    from serving.emit import wake_event
-
-    proof = flow(name=f"relay-proof-{uuid.uuid4().hex[:6]}")(drain_signature)
-    schema = parameter_schema(drain_signature).model_dump_for_openapi()
-    async with get_client() as client:
-        flow_id = await client.create_flow(proof)
-        deployment_id = await client.create_deployment(
-            flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", entrypoint="flows.drain:drain",
-            parameter_openapi_schema=schema, enforce_parameter_schema=True)
-        triggers = _initialize_deployment_triggers("drain", yaml.safe_load(trigger_yaml())["triggers"])
-        await _create_deployment_triggers(client, deployment_id, triggers)
-        await asyncio.sleep(6)  # the triggers service picks up new automations within a few seconds
-        emitter = PrefectEmitter(prefect_api)
-        try:
-            await asyncio.to_thread(emitter.emit, [wake_event(collection, 3)])
-        finally:
-            emitter.close()
-        runs: list = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not runs:
-            await asyncio.sleep(1)
-            runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-        await client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-        await client.delete_deployment(deployment_id)
-        return [run.parameters for run in runs]
-
-
-def test_the_drain_trigger_starts_a_run_for_the_woken_collection(prefect_api):
-    collection = f"Proof Collection é #{uuid.uuid4().hex[:4]}"
-    parameters = asyncio.run(_prove(prefect_api, collection))
-    assert parameters == [{"collection": collection}], "the wake-up did not start exactly one run for its collection"
