@@ -8,7 +8,8 @@ burst, and a soak, each compared with `millrace ingest` of the same kind of docu
 2. Rate steps: uploads at each rate (absolute uploads/s) for --step-s seconds. Freshness is upload -> the ledger's
    commit of that document (documents.indexed_at, polled every 0.5 s; commit is when a search can see it), the queue
    depth is sampled every second. A step is sustainable when its p95 <= 30 s and the queue is not growing (the mean
-   depth of the step's last quarter is at most its first quarter's + 2 and every upload got indexed). Between steps
+   depth of the step's last quarter is at most 1.25 x its second quarter's + 2, the first quarter being the ramp-up,
+   and every upload got indexed). Between steps
    the queue is left to empty, so steps do not inherit a backlog.
 3. Burst: --burst uploads as fast as 8 threads put them; time from the first upload to the last commit, against a
    batch `millrace ingest` of the same number of files measured just before.
@@ -143,15 +144,17 @@ def step(p: Platform, rate: float, seconds: float, label: str, tail_s: float = 1
         time.sleep(0.5)
     stop.set()
     lat = [found[k] - uploaded[k] for k in found]
-    quarter = max(1, len([d for d in depths if d[0] <= seconds]) // 4)
+    # Growing: the last quarter's mean depth above the second's by a quarter (+2). The first quarter is the ramp
+    # from an empty queue to the step's working depth, so comparing with it called every steady step growing.
     within = [d for t, d in depths if t <= seconds]
-    first, last = within[:quarter], within[-quarter:]
-    growing = bool(first and last and statistics.fmean(last) > statistics.fmean(first) + 2)
+    quarter = max(1, len(within) // 4)
+    first, last = within[quarter:2 * quarter], within[-quarter:]
+    growing = bool(first and last and statistics.fmean(last) > 1.25 * statistics.fmean(first) + 2)
     p95 = round(percentile(lat, 0.95), 2) if lat else None
     return {"rate_per_s": rate, "uploads": len(uploaded), "indexed": len(found),
             "p50_s": round(statistics.median(lat), 2) if lat else None, "p95_s": p95,
             "max_s": round(max(lat), 2) if lat else None, "queue_max": max((d for _, d in depths), default=0),
-            "queue_first_quarter": round(statistics.fmean(first), 1) if first else 0,
+            "queue_second_quarter": round(statistics.fmean(first), 1) if first else 0,
             "queue_last_quarter": round(statistics.fmean(last), 1) if last else 0, "queue_growing": growing,
             "sustainable": bool(lat) and len(found) == len(uploaded) and p95 is not None and p95 <= 30 and not growing,
             "depths": depths}

@@ -7,6 +7,7 @@ settings a client depends on; a secret enters a key as a digest, never as its va
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,18 @@ def redis(url: str):
 
     return _get(("redis", _digest(url)), lambda: redis_lib.Redis.from_url(
         url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=30))
+
+
+def s3_filesystem(settings: Settings):
+    """One s3fs filesystem per endpoint, region and credentials in this process. Building one loads botocore's
+    service models (~0.1-0.3 s of CPU), which every batch of a draining round used to pay on its worker. It caches no
+    listings (millrace.sources.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
+    the key because s3fs' event loop thread does not survive a fork."""
+    from millrace.sources import s3_filesystem as build
+
+    key = ("s3", os.getpid(), settings.s3_endpoint_url, settings.s3_region, settings.s3_key,
+           _digest(settings.s3_secret))
+    return _get(key, lambda: build(settings))
 
 
 def source(uri: str, settings: Settings) -> "Source":

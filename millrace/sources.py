@@ -221,7 +221,9 @@ class S3Source:
     @property
     def fs(self):
         if self._fs is None:
-            self._fs = s3_filesystem(self.settings)
+            from millrace import clients  # the factory imports this module: imported here, not at the top
+
+            self._fs = clients.s3_filesystem(self.settings)
         return self._fs
 
     def _find(self) -> dict[str, dict]:
@@ -345,7 +347,9 @@ def _is_credentials_error(exc: BaseException) -> bool:
 def s3_filesystem(settings: Settings):
     import s3fs
 
-    kwargs: dict = {"skip_instance_cache": True}
+    # Not fsspec's instance cache (millrace.clients keeps one per process), and no listings cache: a listing must
+    # show the bucket as it is now, not as an earlier run of this process saw it.
+    kwargs: dict = {"skip_instance_cache": True, "use_listings_cache": False}
     client_kwargs: dict = {}
     if settings.s3_endpoint_url:
         client_kwargs["endpoint_url"] = settings.s3_endpoint_url

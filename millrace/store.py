@@ -21,6 +21,9 @@ HYBRID_CANDIDATES = 20  # per side of a hybrid search, at least (see search_many
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
 # Byte limits of new collections; writes clip to the limits of the collection at hand (older ones: source_uri 2048).
 _LIMITS = {"text": 65535, "source_uri": 8192, "title": 1024}  # percent-encoded long names need the 8192
+# Milvus answers at most 16,384 rows (offset + limit) to one query.
+_QUERY_PAGE = 16384
+
 class MilvusUnavailable(RuntimeError):
     """A Milvus call failed transiently through every retry (the server is down or restarting)."""
 
@@ -208,6 +211,14 @@ class MilvusStore:
         if (doc_ids is not None and not doc_ids) or not self.exists():
             return
         expr = f"doc_id in {json.dumps(doc_ids)}" if doc_ids is not None else 'chunk_id != ""'
+        if doc_ids is not None:
+            # A Strong read waits out Milvus' time tick, and query_iterator makes three of them (setup, page, end):
+            # the rows of a batch's documents come in one query, and only a full page needs the iterator.
+            page = _QUERY_PAGE if "vector" not in fields else max(1, _QUERY_PAGE // 8)
+            first = self._call("query", self.collection, filter=expr, output_fields=fields, limit=page)
+            if len(first) < page:
+                yield from first
+                return
         it = self._call("query_iterator", self.collection, filter=expr, output_fields=fields, batch_size=2000)
         try:
             # A failed page leaves the iterator's cursor where it was (it moves after a page arrives): retry it.

@@ -121,6 +121,9 @@ def milvus_server(tmp_path_factory):
     if any(port_taken(p) for p in (2379, 2380)):
         pytest.fail("another Milvus standalone server holds etcd's ports 2379/2380; stop it (`make stop`, or the "
                     "`milvus run standalone` process) and run the tests again", pytrace=False)
+    from millrace.server import configure
+
+    configure(default_server)  # as `make server` runs it
     default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
     default_server.listen_port = free_port()
     default_server.start()

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from millrace.ledger import Ledger
 from millrace.pipeline import batch_size_for, make_batches
@@ -22,8 +24,20 @@ def test_batches_respect_count_and_bytes():
 def test_automatic_batch_size_keeps_every_slot_busy_and_batches_bounded():
     assert batch_size_for(5183, 0, parallel=2) == 256  # capped: ~21 batches for SciFact on one 2-thread worker
     assert batch_size_for(1000, 0, parallel=2) == 125  # four batches per slot
-    assert batch_size_for(9, 0, parallel=2) == 2 and batch_size_for(3, 0, parallel=16) == 1
+    assert batch_size_for(3, 0, parallel=16) == 1
     assert batch_size_for(1000, 7, parallel=2) == 7  # an explicit setting wins
+
+
+@given(n=st.integers(1, 20_000), slots=st.integers(1, 64))
+def test_small_runs_pay_per_batch_costs_once_per_slot_not_four_times(n, slots):
+    size = batch_size_for(n, 0, parallel=slots)
+    batches = -(-n // size)
+    assert 1 <= size <= 256
+    assert batches >= min(n, slots) or size == 256  # every slot has a batch, as long as batches are not capped
+    if n >= 4 * slots * 8:  # big runs keep four batches per slot for a short tail
+        assert size == min(256, -(-n // (4 * slots)))
+    else:  # small ones: batches of fewer than 8 documents only where it takes them to fill the slots
+        assert size >= min(8, n // slots) or size == 256
 
 
 def test_plan_skips_unchanged_and_finds_deleted(tmp_path):

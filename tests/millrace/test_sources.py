@@ -162,6 +162,33 @@ def test_s3_keys_with_any_name_list_and_read(moto_s3, bucket):
     assert display_name(single.uri) == "café notes.txt"
 
 
+@pytest.mark.integration
+def test_the_shared_s3_filesystem_never_serves_a_stale_listing(moto_s3, bucket):
+    """Sources of one process share an s3fs filesystem (millrace.clients); what it lists is the bucket as it is now."""
+    import boto3
+
+    from millrace import clients
+
+    s = s3_settings(moto_s3)
+    s3 = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    first = {display_name(o.uri) for o in open_source(f"s3://{bucket}/my docs", s).list()}
+    s3.put_object(Bucket=bucket, Key="my docs/sub dir/new #1.txt", Body=b"new")
+    s3.delete_object(Bucket=bucket, Key=S3_KEYS[0])
+    try:
+        again = open_source(f"s3://{bucket}/my docs", s)
+        assert again.fs is open_source(f"s3://{bucket}/my docs", s).fs is clients.s3_filesystem(s)
+        now = {display_name(o.uri) for o in again.list()}
+        assert "new #1.txt" in now and len(now) == len(first)  # one added, one deleted
+        [obj] = [o for o in again.list() if display_name(o.uri) == "new #1.txt"]
+        assert again.read(obj) == b"new"
+        # Named lookups (an event's keys) go through info(), which a listings cache would answer from the find above.
+        named = {display_name(o.uri) for o in again.named([S3_KEYS[0][len("my docs/"):], "sub dir/new #1.txt"])}
+        assert named == {"new #1.txt"}
+    finally:  # the fixture removes S3_KEYS and then the bucket
+        s3.delete_object(Bucket=bucket, Key="my docs/sub dir/new #1.txt")
+
+
 class _SlowDown(BaseHTTPRequestHandler):
     """Answers every request as a throttled S3 does: 503 SlowDown."""
 

@@ -49,6 +49,18 @@ def test_replacing_a_document_keeps_only_its_new_chunks(store):
     assert store.count("b") == 2
 
 
+@pytest.mark.parametrize("page", [4, 7, 16384])
+def test_rows_of_named_documents_are_all_read_whether_they_fit_one_query_or_not(store, monkeypatch, page):
+    import millrace.store as store_module
+
+    monkeypatch.setattr(store_module, "_QUERY_PAGE", page)  # a full first query must hand over to the iterator
+    store.upsert(chunks("a", 7) + chunks("b", 3) + chunks("c", 2))
+    assert store.chunk_ids(["a", "b"]) == {"a": {c.chunk_id for c in chunks("a", 7)},
+                                           "b": {c.chunk_id for c in chunks("b", 3)}}
+    assert set(store.vectors_by_hash(["c"])) == {"h"}
+    assert store.chunk_ids([]) == {} and store.chunk_ids(["nobody"]) == {}
+
+
 def test_index_types_are_validated_per_backend():
     assert choose_index(Settings()) == "FLAT"
     assert choose_index(Settings(milvus_uri="http://milvus:19530")) == "HNSW"
