@@ -34,10 +34,10 @@ def test_small_runs_pay_per_batch_costs_once_per_slot_not_four_times(n, slots):
     batches = -(-n // size)
     assert 1 <= size <= 256
     assert batches >= min(n, slots) or size == 256  # every slot has a batch, as long as batches are not capped
-    if n >= 4 * slots * 8:  # big runs keep four batches per slot for a short tail
+    if n >= 4 * slots * 32:  # big runs keep four batches per slot for a short tail
         assert size == min(256, -(-n // (4 * slots)))
-    else:  # small ones: batches of fewer than 8 documents only where it takes them to fill the slots
-        assert size >= min(8, n // slots) or size == 256
+    else:  # small ones: batches of fewer than 32 documents only where it takes them to fill the slots
+        assert size >= min(32, n // slots) or size == 256
 
 
 def test_plan_skips_unchanged_and_finds_deleted(tmp_path):
