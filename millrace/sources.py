@@ -254,14 +254,20 @@ class S3Source:
     def named(self, rels: list[str]) -> Iterator[SourceObject]:
         """Just the named keys (decoded, relative to the prefix), one HEAD each instead of listing the prefix; a key
         that is gone yields nothing (so the run deletes it)."""
-        found = {}
-        for rel in sorted(set(rels)):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def stat(rel: str) -> tuple[str, dict | None]:
             path = f"{self.bucket}/{self.prefix}/{rel}" if self.prefix else f"{self.bucket}/{rel}"
             try:
-                found[path] = with_retries(lambda p=path: self.fs.info(p), self.settings.retry_delays,
-                                           what=f"stat s3://{path}")
+                return path, with_retries(lambda: self.fs.info(path), self.settings.retry_delays,
+                                          what=f"stat s3://{path}")
             except FileNotFoundError:
-                continue
+                return path, None
+
+        names = sorted(set(rels))
+        # HEADs wait on the network, not the CPU: a draining round of a few hundred keys asks for them together.
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
+            found = {path: info for path, info in pool.map(stat, names) if info is not None}
         yield from self._objects(found)
 
     def _objects(self, found: dict[str, dict]) -> Iterator[SourceObject]:
