@@ -46,8 +46,9 @@ def drain(
     return run_drain(settings)
 
 
-def run_drain(settings: Settings, stop=None) -> dict[str, Any]:
-    """The drain loop; `stop` (a threading.Event) ends it early, after the round in progress (`serve --watch`)."""
+def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
+    """The drain loop; `stop` (a threading.Event) ends it early, after the round in progress (`serve --watch`);
+    `wake` (another), set by a watcher in this process when it queued changes, ends an idle wait at once."""
     log = get_run_logger()
     # A stream of independent changes is not one batch: a quarantined document is recorded with its reason, and
     # must not roll back the others of its round (the batch ingest's limit guards against a broken pipeline).
@@ -73,7 +74,11 @@ def run_drain(settings: Settings, stop=None) -> dict[str, Any]:
                 idle, running = time.monotonic() - last_work, time.monotonic() - started
                 if idle >= settings.drain_idle_s or running >= settings.drain_max_run_s or (stop and stop.is_set()):
                     break
-                time.sleep(settings.drain_poll_s)
+                if wake is None:
+                    time.sleep(settings.drain_poll_s)
+                else:  # a change queued in this process needs no poll to be seen
+                    wake.wait(settings.drain_poll_s)
+                    wake.clear()
                 continue
             if not cluster and len(entries) > settings.inprocess_max_docs:
                 # Behind on the embedded default: a LocalCluster, started once and kept for the rounds after.

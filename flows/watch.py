@@ -54,7 +54,7 @@ def run_watch(settings: Settings, folder: str, stop: threading.Event, report: Ca
                 raise RuntimeError(f"the watcher of {folder} stopped")
             # Due, not pending: an entry waiting for its retry backoff would otherwise start an empty run each poll.
             if queue.stats(logical).due:
-                done = drain_until(stop)(collection=logical, options=options)
+                done = drain_until(stop, wake)(collection=logical, options=options)
                 report(f"indexed {done['changes']} changes in {done['rounds']} round{'s' * (done['rounds'] != 1)}")
                 continue
             wake.wait(settings.drain_poll_s)
@@ -64,14 +64,14 @@ def run_watch(settings: Settings, folder: str, stop: threading.Event, report: Ca
         watching.join(10)
 
 
-def drain_until(stop: threading.Event):
-    """The drain flow (same name and run name as flows.drain's), ending after its round when `stop` is set; a
-    threading.Event is no flow parameter, so it is bound here."""
+def drain_until(stop: threading.Event, wake: threading.Event | None = None):
+    """The drain flow (same name and run name as flows.drain's), ending after its round when `stop` is set and
+    woken by the watcher's `wake`; a threading.Event is no flow parameter, so both are bound here."""
 
     @flow(name="drain", flow_run_name=run_name)
     def drain(collection: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Index the collection's queued changes round after round until the queue stays empty or the watch stops."""
         settings = load_settings(**{**(options or {}), **({"collection": collection} if collection else {})})
-        return run_drain(settings, stop)
+        return run_drain(settings, stop, wake)
 
     return drain
