@@ -81,8 +81,13 @@ def plot_rate_curve(result: dict) -> str:
     left.plot(rates, [s["p95_s"] for s in steps], marker="o", label="p95")
     left.axhline(30, color="grey", linestyle=":", label="p95 bar (30 s)")
     batch = result["batch"]["docs_per_s"]
+    big = (result.get("burst_batch") or {}).get("docs_per_s")
     for ax in (left, right):
-        ax.axvline(0.8 * batch, color="green", linestyle="--", label=f"0.8 x batch ({0.8 * batch:.2f}/s)")
+        ax.axvline(0.8 * batch, color="green", linestyle="--", label=f"0.8 x batch of {result['batch']['docs']} "
+                                                                      f"({0.8 * batch:.2f}/s)")
+        if big:
+            ax.axvline(0.8 * big, color="olive", linestyle="-.", label=f"0.8 x batch of "
+                                                                      f"{result['burst_batch']['docs']} ({0.8 * big:.2f}/s)")
     left.set(xlabel="uploads / s", ylabel="upload -> searchable (s)", yscale="log", title="freshness")
     right.plot(rates, [s["queue_max"] for s in steps], marker="o", label="largest")
     right.plot(rates, [s["queue_last_quarter"] for s in steps], marker="o", label="mean, last quarter of the step")

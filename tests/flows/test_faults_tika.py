@@ -124,6 +124,7 @@ def test_a_jvm_death_in_the_flow_process_is_recovered_by_the_next_run(env, tmp_p
     monkeypatch.setenv("MILLRACE_HOME", str(tmp_path / "home-crash"))
     poison = ids[-1]  # the last batch: earlier ones are staged in Milvus and the ledger when the process dies
     (faults / poison).write_text("jvm_exit")
+    monkeypatch.setenv("MILLRACE_DOCS_PER_BATCH", "2")  # a handful of documents would otherwise be one batch
     child = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(folder), "--collection", collection],
                            env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
                            timeout=180)
