@@ -32,7 +32,7 @@ from millrace.quality import QualityGateError
 from millrace.records import BatchResult, Failure, SourceObject
 from millrace.warmup import warm_up, warm_up_dim
 from millrace.sources import canonical_source_uri
-from tasks.ingest import commit_run, list_source, process_batch, rollback_run, write_batch
+from tasks.ingest import commit_run, imported, list_source, process_batch, rollback_run, write_batch
 
 
 class ReconciliationError(RuntimeError):
@@ -193,6 +193,7 @@ def warm_cluster(runner, settings: Settings) -> WarmCluster:
     """Every worker loads the model, JVM and GX context now, in parallel, and not inside its first batch; the
     collection exists with the model's dimension."""
     dims = set(runner.client.run(warm_up_dim, settings).values())
+    runner.client.run(imported)
     warm = WarmCluster(runner=runner, slots=sum(runner.client.nthreads().values()) or 1, dim=dims.pop())
     clients.milvus_store(settings).ensure_collection(warm.dim, model_id(settings))
     return warm

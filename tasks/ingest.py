@@ -91,5 +91,11 @@ def rollback_run(run_id: str, settings: Settings) -> int:
         return staging.rollback(clients.milvus_store(settings), clients.ledger(settings), run_id)
 
 
+def imported() -> bool:
+    """Run on each Dask worker by the flow's warm-up (Client.run): unpickling it imports this module and Prefect's task
+    machinery there, which the first batch on a worker would otherwise pay."""
+    return True
+
+
 def _run_id() -> str:
     return str(flow_run.get_id() or "")
