@@ -17,5 +17,5 @@ def test_warm_up_loads_the_model_the_gates_and_the_s3_client_only_where_s3_is_co
     took = warm_up(remote, extractor=False)
     assert set(took) == {"model", "quality", "s3"}
     fs = clients.s3_filesystem(remote)
-XX
+    assert fs._s3 is not None  # its botocore client exists (s3fs makes it on first use): no batch builds it
     assert clients.s3_filesystem(remote) is fs
