@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger
@@ -41,6 +42,8 @@ def run_watch(settings: Settings, folder: str, stop: threading.Event, report: Ca
     from flows.ingest import ingest
 
     wake = threading.Event()
+    key = uuid.uuid4().hex
+    _signals[key] = (stop, wake)
     watcher = FolderWatcher(settings, folder, on_change=lambda n: wake.set())
     watching = threading.Thread(target=watcher.run, args=(stop,), name=f"watch {folder}", daemon=True)
     watching.start()
@@ -54,7 +57,7 @@ def run_watch(settings: Settings, folder: str, stop: threading.Event, report: Ca
                 raise RuntimeError(f"the watcher of {folder} stopped")
             # Due, not pending: an entry waiting for its retry backoff would otherwise start an empty run each poll.
             if queue.stats(logical).due:
-                done = drain_until(stop, wake)(collection=logical, options=options)
+                done = drain_watched(collection=logical, options=options, signals=key)
                 report(f"indexed {done['changes']} changes in {done['rounds']} round{'s' * (done['rounds'] != 1)}")
                 continue
             wake.wait(settings.drain_poll_s)
@@ -62,16 +65,24 @@ def run_watch(settings: Settings, folder: str, stop: threading.Event, report: Ca
     finally:
         stop.set()
         watching.join(10)
+        _signals.pop(key, None)
 
 
-def drain_until(stop: threading.Event, wake: threading.Event | None = None):
-    """The drain flow (same name and run name as flows.drain's), ending after its round when `stop` is set and
-    woken by the watcher's `wake`; a threading.Event is no flow parameter, so both are bound here."""
+# The events of the watches running in this process, by key. A flow parameter cannot carry a threading.Event, and a
+# flow whose function held one (a closure, or this dict named in its body) could not be shipped to Dask workers:
+# Prefect serialises the run's context, flow included, with every batch it submits, and an Event holds a lock (a
+# round too big for this process, run on a LocalCluster, failed with "cannot pickle '_thread.lock'").
+_signals: dict[str, tuple[threading.Event, threading.Event]] = {}
 
-    @flow(name="drain", flow_run_name=run_name)
-    def drain(collection: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Index the collection's queued changes round after round until the queue stays empty or the watch stops."""
-        settings = load_settings(**{**(options or {}), **({"collection": collection} if collection else {})})
-        return run_drain(settings, stop, wake)
 
-    return drain
+@flow(name="drain", flow_run_name=run_name)
+def drain_watched(collection: str | None = None, options: dict[str, Any] | None = None,
+                  signals: str = "") -> dict[str, Any]:
+    """Index the collection's queued changes round after round until the queue stays empty or the watch stops."""
+    settings = load_settings(**{**(options or {}), **({"collection": collection} if collection else {})})
+    return run_drain(settings, *_events(signals))
+
+
+def _events(key: str) -> tuple[threading.Event | None, threading.Event | None]:
+    """Looked up through a function: Prefect pickles the flow's function by value, with the globals it names."""
+    return _signals.get(key, (None, None))

@@ -124,3 +124,33 @@ def test_serve_watch_keeps_search_in_step_with_the_folder(tmp_path, prefect_api)
     text = log.read_text()
     assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in text, text[-4000:]
     assert re.search(r"millrace.watch - indexed \d+ changes in \d+ rounds?", text), text[-4000:]
+
+
+def test_a_round_too_big_for_the_watch_process_runs_on_a_local_cluster(tmp_path, prefect_api, monkeypatch):
+    """Past MILLRACE_INPROCESS_MAX_DOCS a round goes to a LocalCluster, whose batches carry the run's context; the
+    watch's stop and wake events must not be in it (a lock cannot be pickled: such rounds used to fail the watch)."""
+    docs, staging, log = tmp_path / "docs", tmp_path / "staging", tmp_path / "watch.log"
+    docs.mkdir()
+    staging.mkdir()
+    env = {**env_for(tmp_path, prefect_api), "MILLRACE_INPROCESS_MAX_DOCS": "0", "MILLRACE_DASK_WORKERS": "1",
+           "MILLRACE_DASK_THREADS": "1"}
+    proc = subprocess.Popen([MILLRACE, "watch", str(docs)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        monkeypatch.setenv("MILLRACE_HOME", env["MILLRACE_HOME"])
+        ledger = Ledger(load_settings().resolved_ledger_url)
+        until(lambda: "watching for changes" in log.read_text(), "first ingest", proc, log)
+        names = [f"report #{i} + annex.txt" for i in range(3)]
+        for name in names:
+            (staging / name).write_text(f"Quarterly report {name}: sluice gates inspected, silt removed.\n")
+            os.rename(staging / name, docs / name)
+        ids = [doc_id_for(path_to_uri(docs / n)) for n in names]
+
+        def indexed() -> bool:
+            rows = ledger.rows_for("millrace", ids)
+            return len(rows) == 3 and all(r["state"] == "indexed" for r in rows.values())
+
+        until(indexed, "the three files indexed on the LocalCluster", proc, log)
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()[-4000:]
+    assert "cannot pickle" not in log.read_text()
