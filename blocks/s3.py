@@ -24,6 +24,6 @@ class S3SourceBlock(Block):
     def get_client(self):
         """An s3fs filesystem for these credentials."""
         from millrace.config import Settings
-        from millrace.sources import s3_filesystem
+        from millrace.s3source import s3_filesystem
 
         return s3_filesystem(Settings(**{k: v for k, v in self.to_settings().items() if v}))

@@ -96,9 +96,9 @@ def redis(url: str):
 def s3_filesystem(settings: Settings):
     """One s3fs filesystem per endpoint, region and credentials in this process. Building one loads botocore's
     service models (~0.1-0.3 s of CPU), which every batch of a draining round used to pay on its worker. It caches no
-    listings (millrace.sources.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
+    listings (millrace.s3source.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
     the key because s3fs' event loop thread does not survive a fork."""
-    from millrace.sources import s3_filesystem as build
+    from millrace.s3source import s3_filesystem as build
 
     key = ("s3", os.getpid(), settings.s3_endpoint_url, settings.s3_region, settings.s3_key,
            _digest(settings.s3_secret))

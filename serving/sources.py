@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
 from millrace import clients, versions
-from millrace.sources import display_name, s3_filesystem, s3_location, uri_to_path
+from millrace.s3source import s3_filesystem
+from millrace.sources import display_name, s3_location, uri_to_path
 from serving import routes
 from serving.errors import ServingError
 

@@ -8,7 +8,8 @@ import pytest
 
 from millrace.config import Settings
 from millrace.records import doc_id_for
-from millrace.sources import (LocalSource, S3Source, canonical_source_uri, display_name, open_source, path_to_uri,
+from millrace.s3source import S3Source
+from millrace.sources import (LocalSource, canonical_source_uri, display_name, open_source, path_to_uri,
                               relative_name, s3_event_key, s3_location, s3_uri, uri_to_path, wanted)
 
 NAMES = ["audit report.txt", "café notes.txt", "100% #1 ?.txt", "a+b [x] (v2).txt", "Übersicht Mai.docx",
