@@ -22,8 +22,8 @@ class S3SourceBlock(Block):
                 "s3_secret": self.aws_secret_access_key, "s3_region": self.region_name}
 
     def get_client(self):
-        """An s3fs filesystem for these credentials."""
+        """An s3fs filesystem for these credentials, the process's shared one (millrace.clients)."""
+        from millrace import clients
         from millrace.config import Settings
-        from millrace.s3source import s3_filesystem
 
-        return s3_filesystem(Settings(**{k: v for k, v in self.to_settings().items() if v}))
+        return clients.s3_filesystem(Settings(**{k: v for k, v in self.to_settings().items() if v}))

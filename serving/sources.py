@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
 from millrace import clients, versions
-from millrace.s3source import s3_filesystem
 from millrace.sources import display_name, s3_location, uri_to_path
 from serving import routes
 from serving.errors import ServingError
@@ -43,6 +42,6 @@ async def open_source(doc_id: str, request: Request):
                             content_disposition_type="inline")
     if uri.startswith("s3://"):
         bucket, key = s3_location(uri)
-        url = await to_thread.run_sync(lambda: s3_filesystem(settings).url(f"{bucket}/{key}", expires=300))
+        url = await to_thread.run_sync(lambda: clients.s3_filesystem(settings).url(f"{bucket}/{key}", expires=300))
         return RedirectResponse(url, status_code=307)
     raise ServingError(404, "not_openable", f"no way to open {uri}")
