@@ -52,9 +52,15 @@ class EventLog:
         self.engine = engine_for(url, meta)
 
     def seen(self, message_id: str) -> bool:
+        return message_id in self.seen_many([message_id])
+
+    def seen_many(self, message_ids: list[str]) -> set[str]:
+        """Those of the ids already handled."""
+        if not message_ids:
+            return set()
         with self.engine.connect() as conn:
-            q = select(relay_messages.c.message_id).where(relay_messages.c.message_id == message_id)
-            return conn.execute(q).first() is not None
+            q = select(relay_messages.c.message_id).where(relay_messages.c.message_id.in_(set(message_ids)))
+            return {row.message_id for row in conn.execute(q)}
 
     def remember(self, message_ids: Iterable[str], now: float | None = None) -> None:
         """Mark deliveries as handled (call only once their events are emitted) and forget very old ones."""

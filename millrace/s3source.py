@@ -11,6 +11,13 @@ from millrace.retry import exception_chain, is_transient, with_retries
 from millrace.sources import canonical_source_uri, display_name, relative_name, s3_location, s3_uri, wanted
 
 
+# From this many named keys on, a lookup lists their key range instead of one HEAD each (a LIST answers up to 1,000).
+LIST_FROM_KEYS = 32
+# ... but lists at most this many keys per named one (plus a page) before HEADing the rest.
+LIST_KEYS_PER_NAMED = 4
+LIST_PAGE_KEYS = 1000  # S3's own maximum for one LIST
+
+
 class S3Source:
     """An s3://bucket/prefix listing through s3fs; credentials from settings or the AWS chain."""
 
@@ -55,23 +62,63 @@ class S3Source:
         yield from self._objects(found)
 
     def named(self, rels: list[str]) -> Iterator[SourceObject]:
-        """Just the named keys (decoded, relative to the prefix), one HEAD each instead of listing the prefix; a key
-        that is gone yields nothing (so the run deletes it)."""
+        """Just the named keys (decoded, relative to the prefix); a key that is gone yields nothing (so the run
+        deletes it). A few keys are HEADed; many are listed (see _listed), which S3 answers 1,000 keys a request."""
+        names = sorted(set(rels))
+        paths = [f"{self.bucket}/{self.prefix}/{rel}" if self.prefix else f"{self.bucket}/{rel}" for rel in names]
+        found, unseen = ({}, paths) if len(paths) < LIST_FROM_KEYS else self._listed(paths)
+        found |= self._headed(unseen)
+        yield from self._objects(found)
+
+    def _headed(self, paths: list[str]) -> dict[str, dict]:
         from concurrent.futures import ThreadPoolExecutor
 
-        def stat(rel: str) -> tuple[str, dict | None]:
-            path = f"{self.bucket}/{self.prefix}/{rel}" if self.prefix else f"{self.bucket}/{rel}"
+        def stat(path: str) -> tuple[str, dict | None]:
             try:
                 return path, with_retries(lambda: self.fs.info(path), self.settings.retry_delays,
                                           what=f"stat s3://{path}")
             except FileNotFoundError:
                 return path, None
 
-        names = sorted(set(rels))
-        # HEADs wait on the network, not the CPU: a draining round of a few hundred keys asks for them together.
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
-            found = {path: info for path, info in pool.map(stat, names) if info is not None}
-        yield from self._objects(found)
+        if not paths:
+            return {}
+        # HEADs wait on the network, not the CPU: a draining round of a few keys asks for them together.
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
+            return {path: info for path, info in pool.map(stat, paths) if info is not None}
+
+    def _listed(self, paths: list[str]) -> tuple[dict[str, dict], list[str]]:
+        """The named keys found by listing the key range they span, in key order, from just before the first; and
+        the paths the listing did not reach. The listing stops after about LIST_KEYS_PER_NAMED keys per named one,
+        so that a few keys spread over a huge prefix cost a bounded listing and HEADs for the rest. S3 lists in
+        UTF-8 byte order, which is the code-point order `sorted` gives the (sorted) paths."""
+        from fsspec.asyn import sync
+
+        keys = [p.split("/", 1)[1] for p in paths]
+        wanted_keys, budget = set(keys), LIST_KEYS_PER_NAMED * len(keys) + LIST_PAGE_KEYS
+        found: dict[str, dict] = {}
+        reached = ""  # every key up to this one has been listed
+
+        async def page(start_after: str) -> dict:
+            args = {"Bucket": self.bucket, "Prefix": f"{self.prefix}/" if self.prefix else "", "MaxKeys": LIST_PAGE_KEYS}
+            return await self.fs._call_s3("list_objects_v2", **args, **({"StartAfter": start_after}
+                                                                         if start_after else {}))
+
+        start, listed = keys[0][:-1], 0
+        while listed < budget:
+            reply = with_retries(lambda s=start: sync(self.fs.loop, page, s), self.settings.retry_delays,
+                                 what=f"list s3://{self.bucket}/{self.prefix} from {start!r}")
+            contents = reply.get("Contents") or []
+            listed += len(contents)
+            for item in contents:
+                if item["Key"] in wanted_keys:
+                    found[f"{self.bucket}/{item['Key']}"] = {"ETag": item.get("ETag"), "size": item.get("Size"),
+                                                            "LastModified": item.get("LastModified")}
+            if not reply.get("IsTruncated") or not contents:
+                return found, []
+            start = reached = contents[-1]["Key"]
+            if reached >= keys[-1]:
+                return found, []
+        return found, [p for p, k in zip(paths, keys) if k > reached]
 
     def _objects(self, found: dict[str, dict]) -> Iterator[SourceObject]:
         for path, info in sorted(found.items()):

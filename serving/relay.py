@@ -36,6 +36,7 @@ from millrace.eventlog import EventLog
 from millrace.retry import with_retries
 from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
 from serving.emit import Debouncer, PrefectEmitter, flush_events
+from serving.relay_writes import DeliveryWriter
 from serving.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
 
 log = logging.getLogger("millrace.relay")
@@ -111,7 +112,7 @@ class Relay:
         self.verifier = SnsVerifier(self._fetch, settings.sns_url_pattern)
         self.debouncer = Debouncer(self._flush, debounce_s=settings.debounce_s, max_wait_s=settings.max_wait_s,
                                    max_keys=settings.max_keys)
-        self.in_flight: dict[str, asyncio.Future] = {}
+        self.writes = DeliveryWriter(self.queue, self.eventlog, self.debouncer.add)
         self.emit_failing = False
         # Emits get threads of their own: a Prefect that hangs must not take the threads the queue writes run on.
         self.emit_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-emit")
@@ -151,46 +152,14 @@ class Relay:
         return kept, len(changes) - len(kept)
 
     async def deliver(self, request: Request, message_id: str, routed: list[tuple[S3Change, Change]]) -> JSONResponse:
-        """Queue a delivery's changes once, whatever number of times it arrives. A copy that arrives while the
-        first is still being written waits for the same outcome."""
-        task = self.in_flight.get(message_id)
-        first = task is None
-        if task is None:
-            task = self.in_flight[message_id] = asyncio.ensure_future(self._process(message_id, routed))
-            task.add_done_callback(lambda t: self.in_flight.get(message_id) is t and self.in_flight.pop(message_id))
-        # Shielded: a sender that hangs up does not cancel the write that other requests wait for.
-        code, body = await asyncio.shield(task)
+        """Queue a delivery's changes once, whatever number of times it arrives (serving.relay_writes)."""
+        code, body, first = await self.writes.deliver(message_id, routed)
         if code != 200:
             return refused(request, code, body["detail"])
         if body["status"] == "duplicate" or not first:
             return ignored(request, message_id, "a copy of a delivery already queued", status="duplicate",
                            message_id=message_id)
         return _reply(code, **body)
-
-    async def _process(self, message_id: str, routed: list[tuple[S3Change, Change]]) -> tuple[int, dict]:
-        try:
-            seen = await asyncio.to_thread(self.eventlog.seen, message_id)
-        except Exception as exc:
-            return 503, {"detail": f"the relay's event log (the ledger database) is unavailable: {exc}"}
-        if seen:
-            return 200, {"status": "duplicate", "message_id": message_id}
-        try:
-            await asyncio.to_thread(self.queue.put, [q for _, q in routed])
-        except Exception as exc:
-            return 503, {"detail": f"the change queue (the ledger database) cannot be written "
-                                   f"({type(exc).__name__}: {str(exc)[:200]}); nothing was acknowledged: the sender "
-                                   "delivers again later"}
-        s3_changes = [c for c, _ in routed]
-        try:  # the changes are queued: a redelivery after a failure here re-queues the same changes, harmlessly
-            await asyncio.to_thread(self.eventlog.remember, [message_id])
-        except Exception as exc:
-            log.warning("could not record delivery %s as handled: %s", message_id, exc)
-        try:
-            await asyncio.to_thread(self.eventlog.record, s3_changes)
-        except Exception as exc:
-            log.warning("could not record the last events of delivery %s: %s", message_id, exc)
-        self.debouncer.add(s3_changes)
-        return 200, {"status": "queued", "message_id": message_id, "changes": len(routed)}
 
     async def confirm(self, request: Request, url: str) -> JSONResponse:
         if not self.url_pattern.match(url):
