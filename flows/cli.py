@@ -146,8 +146,8 @@ def cmd_bench(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
-    # --model, --chunk-size and --chunk-overlap are the new collection's, pinned for it by the flow
-    keys = [k for k in cli.SETTING_FLAGS if k not in ("model", "chunk_size", "chunk_overlap")]
+    # --model, --embed-backend, --chunk-size and --chunk-overlap are the new collection's, pinned for it by the flow
+    keys = [k for k in cli.SETTING_FLAGS if k not in ("model", "embed_backend", "chunk_size", "chunk_overlap")]
     settings = cli.settings_from(args, load, keys)
     options = flow_options(settings, drop=("collection",))
 
@@ -155,9 +155,9 @@ def cmd_rebuild(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
         from flows.rebuild import rebuild
 
         return rebuild(collection=settings.collection, sources=args.sources, model=args.model,
-                       chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, eval_data_dir=args.eval_data_dir,
-                       min_ndcg=args.min_ndcg, warmup_queries=args.warmup_queries, grace_hours=args.grace_hours,
-                       options=options)
+                       embed_backend=args.embed_backend, chunk_size=args.chunk_size,
+                       chunk_overlap=args.chunk_overlap, eval_data_dir=args.eval_data_dir, min_ndcg=args.min_ndcg,
+                       warmup_queries=args.warmup_queries, grace_hours=args.grace_hours, options=options)
 
     result = with_prefect(run, settings)
     if args.json:

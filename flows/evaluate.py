@@ -11,9 +11,10 @@ from pydantic import Field
 
 from blocks import load_settings
 from flows.ingest import ingest
-from millrace import clients
+from millrace import clients, versions
 from millrace import evaluate as ev
 from millrace.config import Settings
+from millrace.embed import resolve_backend
 
 
 class EvaluationGateError(RuntimeError):
@@ -41,12 +42,17 @@ def evaluate(
     if mode not in ev.MODES:
         raise ValueError(f"mode must be one of {ev.MODES}")
     ds = ev.load_beir(data_dir, split)
-    settings = load_settings(**{**(options or {}), "collection": collection or ev.default_collection(ds.name)})
+    settings = load_settings(**(options or {}))
+    settings = settings.model_copy(update={"collection": collection or ev.default_collection(
+        ds.name, resolve_backend(settings))})
     summary = ingest(source=str(ds.corpus), collection=settings.collection, options=options)
+    logical = settings.collection
+    # Queries are embedded as the collection's vectors were: with the model and backend it was built with.
+    settings = versions.physical_settings(settings, versions.active_physical(settings))
     modes = [m for m in ev.MODES if m == "dense" or clients.milvus_store(settings).has_full_text()]
     by_mode = score_queries(ds.name, ds.queries, ds.qrels, modes, settings)
     result = {**by_mode[mode], "queries": len(ds.queries), "mode": mode, "split": split, "dataset": ds.name,
-              "collection": settings.collection, "documents": summary["seen"], "chunks": summary["collection_count"],
+              "collection": logical, "documents": summary["seen"], "chunks": summary["collection_count"],
               "by_mode": by_mode}
     create_markdown_artifact(key=f"evaluation-{_key(ds.name)}", markdown=_report(result),
                              description=f"retrieval quality on {ds.name} ({split})")

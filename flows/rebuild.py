@@ -113,6 +113,7 @@ def rebuild(
                                       "whole source the active collection was ingested from (the ledger's runs), "
                                       "else MILLRACE_SOURCES"),
     model: str | None = Field(None, description="A new embedding model (folder) for the new collection"),
+    embed_backend: str | None = Field(None, description="A new encoder backend: torch, onnx, onnx-int8, openvino"),
     chunk_size: int | None = Field(None, gt=0, description="A new chunk size in model tokens"),
     chunk_overlap: int | None = Field(None, ge=0, description="A new chunk overlap in model tokens"),
     eval_data_dir: str | None = Field(None, description="A BEIR data set (corpus, queries, qrels) whose corpus is "
@@ -130,8 +131,8 @@ def rebuild(
     log = get_run_logger()
     settings = load_settings(**{**(options or {}), **({"collection": collection} if collection else {})})
     run_id, grace_s, logical = str(flow_run.get_id() or uuid.uuid4()), grace_hours * 3600, settings.collection
-    overrides = {k: v for k, v in {"model": model, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"model": model, "embed_backend": embed_backend, "chunk_size": chunk_size,
+                                   "chunk_overlap": chunk_overlap}.items() if v is not None}
     result: dict[str, Any] = {"collection": logical, "overrides": overrides, "swapped": False}
     # The whole rebuild holds the name's slot and lease: ingests triggered meanwhile wait, then write the new one.
     with Lease(clients.ledger(settings), logical, run_id, f"rebuild of {logical}",

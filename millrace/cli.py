@@ -23,6 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--milvus-uri", help="Milvus server URI, or a Lite .db path (MILLRACE_MILVUS_URI)")
     p.add_argument("--home", help="data folder for Milvus Lite and the ledger (MILLRACE_HOME, default ./.millrace)")
     p.add_argument("--model", help="embedding model folder (MILLRACE_MODEL)")
+    p.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8", "openvino"],
+                   help="encoder runtime (MILLRACE_EMBED_BACKEND, default auto: the fastest that passed the quality gate)")
     p.add_argument("--blocks", help="fill unset settings from the Prefect blocks saved under this name (MILLRACE_BLOCKS)")
 
 
@@ -131,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that are settings (None when not given), per command; the loader gives them precedence over env and defaults.
-SETTING_FLAGS = ["collection", "milvus_uri", "home", "model", "include", "exclude", "dask_address", "tika_endpoint",
-                 "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url", "blocks", "drain_idle_s"]
-BENCH_FLAGS = ["collection", "milvus_uri", "home", "model", "device", "blocks"]
+SETTING_FLAGS = ["collection", "milvus_uri", "home", "model", "embed_backend", "include", "exclude", "dask_address",
+                 "tika_endpoint", "chunk_size", "chunk_overlap", "docs_per_batch", "s3_endpoint_url", "blocks",
+                 "drain_idle_s"]
+BENCH_FLAGS = ["collection", "milvus_uri", "home", "model", "embed_backend", "device", "blocks"]
 
 SettingsLoader = Callable[..., Settings]
 Command = Callable[[argparse.Namespace, SettingsLoader], int]

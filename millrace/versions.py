@@ -35,7 +35,8 @@ from millrace.config import ConfigError, Settings
 from millrace.ledger import collections, documents, runs
 
 DEFAULT_GRACE_S = 24 * 3600.0
-PINNABLE = ("model", "chunk_size", "chunk_overlap")  # what a rebuild may change, and later ingests then keep
+# What a rebuild may change, and later ingests then keep.
+PINNABLE = ("model", "embed_backend", "chunk_size", "chunk_overlap")
 
 
 class CollectionVersion(BaseModel):
@@ -108,6 +109,12 @@ def physical_settings(settings: Settings, physical: str) -> Settings:
     """`settings` for one physical collection: its name, and the model and chunking a rebuild pinned for it."""
     row = _registered(settings, physical)
     pinned = {k: v for k, v in (row.options if row else {}).items() if k in PINNABLE}
+    if row is not None and "embed_backend" not in pinned:
+        from millrace.embed import backend_of
+
+        # The backend its vectors were made with (recorded in its model id): a new default backend must not make a
+        # collection built before it refuse its own ingests and queries.
+        pinned["embed_backend"] = backend_of(row.model)
     return settings.model_copy(update={**pinned, "collection": physical})
 
 

@@ -48,10 +48,10 @@ class Retriever:
     def _embedder(self, physical: str) -> tuple[Embedder, str]:
         """The query embedder for a physical collection: a rebuild may have pinned another model for it."""
         if physical not in self._embedders:
-            pinned = versions.physical_settings(self.settings, physical)
-            same = pinned.model == self.settings.model
-            self._embedders[physical] = ((self.embedder, self.model) if same else
-                                         (Embedder(pinned), model_id(pinned)))
+            pinned = versions.physical_settings(self.settings, physical)  # model and backend it was built with
+            pinned_id = model_id(pinned)
+            self._embedders[physical] = ((self.embedder, self.model) if pinned_id == self.model else
+                                         (Embedder(pinned), pinned_id))
         return self._embedders[physical]
 
     def model_checked(self, store: MilvusStore) -> bool:

@@ -59,3 +59,13 @@ def test_cli_eval_beir_prints_one_json_object(scifact_subset, settings, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert KEYS <= set(out) and out["mode"] == "hybrid" and out["ndcg@10"] == out["by_mode"]["hybrid"]["ndcg@10"]
+
+
+def test_eval_with_another_encoder_backend_scores_its_own_collection(scifact_subset, settings):
+    """Each backend's vectors go to a collection of their own, and its queries are embedded by the same backend."""
+    torch_run = evaluate(data_dir=str(scifact_subset), options={"embed_backend": "torch"})
+    onnx_run = evaluate(data_dir=str(scifact_subset), options={"embed_backend": "onnx"})
+    assert torch_run["collection"].startswith("beir_scifact_subset")
+    assert onnx_run["collection"] == torch_run["collection"] + "_onnx"
+    # The same function, exported: the same ranking to within float noise.
+    assert abs(onnx_run["ndcg@10"] - torch_run["ndcg@10"]) < 0.002
