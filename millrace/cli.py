@@ -15,6 +15,7 @@ from typing import Any
 
 from millrace import quiet
 from millrace.config import ConfigError, Settings, load_settings
+from millrace.encoders import BACKENDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--milvus-uri", help="Milvus server URI, or a Lite .db path (MILLRACE_MILVUS_URI)")
     p.add_argument("--home", help="data folder for Milvus Lite and the ledger (MILLRACE_HOME, default ./.millrace)")
     p.add_argument("--model", help="embedding model folder (MILLRACE_MODEL)")
-    p.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8", "openvino"],
+    p.add_argument("--embed-backend", choices=["auto", *BACKENDS],
                    help="encoder runtime (MILLRACE_EMBED_BACKEND, default auto: the fastest that passed the quality gate)")
     p.add_argument("--blocks", help="fill unset settings from the Prefect blocks saved under this name (MILLRACE_BLOCKS)")
 
