@@ -136,7 +136,8 @@ def step(p: Platform, rate: float, seconds: float, label: str, tail_s: float = 1
     found: dict[str, float] = {}
     deadline = None
     while True:
-        found.update(committed(p, {k: v for k, v in uploaded.items() if k not in found}))
+        # A copy first: the feeder's threads add to `uploaded` meanwhile (dict() copies without yielding the GIL).
+        found.update(committed(p, {k: v for k, v in dict(uploaded).items() if k not in found}))
         if not feed.is_alive():
             deadline = deadline or time.time() + tail_s
             if len(found) >= len(uploaded) or time.time() > deadline:

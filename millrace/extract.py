@@ -10,11 +10,10 @@ import os
 import re
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from millrace import ocr
+from millrace import ocr, parse_threads
 from millrace.config import ConfigError, Settings
 from millrace.records import Document, SourceObject
 from millrace.sources import display_name
@@ -104,17 +103,6 @@ def build_document(obj: SourceObject, data: bytes, xhtml: str, meta: dict[str, A
     )
 
 
-_parses: set[threading.Thread] = set()
-
-
-def _drain_parses(timeout: float = 30.0) -> None:
-    """At exit, let parses still in Java finish (bounded): a thread returning from Java into a finalizing
-    interpreter aborts the process ("FATAL: exception not rethrown"). One truly hung stays in Java, harmlessly."""
-    deadline = time.monotonic() + timeout
-    for thread in list(_parses):
-        thread.join(max(0.0, deadline - time.monotonic()))
-
-
 class _Jvm:
     """One JVM per process (a JVM cannot be restarted), shared by every TikaJvmExtractor in it."""
 
@@ -135,7 +123,7 @@ class _Jvm:
                     # waits for it, forever if it is a pool thread. Created on the main thread (see
                     # start_jvm_on_main_thread) JPype's normal teardown is clean; elsewhere, skip the destroy.
                     jpype.config.destroy_jvm = threading.current_thread() is threading.main_thread()
-                    atexit.register(_drain_parses)  # runs before JPype's own exit hook
+                    atexit.register(parse_threads.drain)  # runs before JPype's own exit hook
                     jpype.startJVM(f"-Xmx{heap}", "-Djava.awt.headless=true",
                                    classpath=[str(jar)], convertStrings=False)
                 from java.lang import Thread
@@ -259,14 +247,8 @@ class TikaJvmExtractor:
                 result["value"] = self._parse(obj, parsed, result)
             except BaseException as exc:  # Java exceptions arrive here as Python exceptions
                 result["error"] = exc
-            finally:
-                _parses.discard(threading.current_thread())
 
-        worker = threading.Thread(target=run, name=f"tika-{obj.doc_id[:8]}", daemon=True)
-        _parses.add(worker)
-        worker.start()
-        worker.join(self.settings.parse_timeout_s)
-        if worker.is_alive():
+        if not parse_threads.run(run, self.settings.parse_timeout_s):
             limit = self.settings.parse_timeout_s
             if result.get("gate") is not None:  # stop OCR of the abandoned parse at its next page
                 result["gate"].stop = ocr.OcrStop("timeout", f"parse exceeded {limit:g}s")

@@ -82,7 +82,7 @@ def jvm_fault(doc_id: str, settings: Settings) -> None:
         return
     from java.lang import Runtime, Thread
 
-    if kind == "hang":  # bounded, so the abandoned thread ends before its process does (see _drain_parses)
+    if kind == "hang":  # bounded, so the abandoned thread ends before its process does (see millrace.parse_threads.drain)
         Thread.sleep(int(settings.parse_timeout_s * 1000) + 5000)
     elif kind == "jvm_exit":
         Runtime.getRuntime().halt(134)
