@@ -18,7 +18,10 @@ MAX_LOCAL_WORKERS = 8  # each worker process holds a model copy and a JVM (up to
 # of 3 would take twice as long. And a worker runs only as many batches as it has threads (Dask's default
 # saturation queues one more on it), so a death is blamed on the batch that was running, not a bystander.
 # A configured scheduler (MILLRACE_DASK_ADDRESS) keeps its own settings.
-LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+# Dask's statistical profiler samples every thread every 10 ms and keeps 1,000 one-second call trees per worker:
+# ~15 MB/min of growth for a worker's first 17 minutes (deployments/Procfile turns it off for standing workers too).
+LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.worker.profile.enabled": False}
 
 
 def local_cluster(**kwargs) -> distributed.LocalCluster:

@@ -46,6 +46,12 @@ def test_every_service_is_up_and_prefect_yaml_is_deployed(platform):
     assert {"ingest/backfill", "sync/sync", "drain/drain"} <= set(platform.ep.deployments)
     workers = platform.api.post(f"/work_pools/{mp.POOL}/workers/filter", json={}).json()
     assert [w["status"] for w in workers] == ["ONLINE"]
+    import distributed
+
+    # Dask's statistical profiler grows a standing worker for its first 17 minutes (deployments/Procfile).
+    with distributed.Client(platform.ep.dask_address, timeout=30) as client:
+        profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+    assert profiling and not any(profiling.values()), profiling
 
 
 @pytest.mark.slow
