@@ -26,7 +26,7 @@ from flows.ingest import run_ingest, warm_cluster
 from flows.runner import WarmCluster, dask_task_runner
 from millrace import clients, versions
 from millrace.config import Settings
-from millrace.drain import Settled, by_source, settle
+from millrace.drain import LEASE_SOURCE, Settled, by_source, settle
 from millrace.lease import Lease
 
 
@@ -55,52 +55,26 @@ def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
     settings = settings.model_copy(update={"max_quarantined_fraction": 1.0})
     queue, ledger, logical = clients.change_queue(settings), clients.ledger(settings), settings.collection
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    started = last_work = time.monotonic()
+    started = time.monotonic()
     totals = {"rounds": 0, "changes": 0, "done": 0, "retrying": 0, "dead": 0}
     if not queue.take(logical, 1):  # a sweep or a late wake-up with nothing to do: no lease, no cluster
         log.info("nothing queued for %s", logical)
         return {"collection": logical, **totals, "seconds": 0.0}
     progress = create_progress_artifact(0.0, description=f"draining {logical}")
-    lease = Lease(ledger, logical, run_id, "drain of the change queue", settings.lease_ttl_s, settings.lease_wait_s,
-                  on_wait=log.warning)
-    with lease, contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held:
         cluster: list[WarmCluster] = []
-        if settings.dask_address:  # the standing cluster: connected and warmed once for every round
-            cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
         while True:
-            lease.check()
-            entries = queue.take(logical, settings.drain_max_changes, settings.drain_max_bytes)
-            if not entries:
-                idle, running = time.monotonic() - last_work, time.monotonic() - started
-                if idle >= settings.drain_idle_s or running >= settings.drain_max_run_s or (stop and stop.is_set()):
-                    break
-                if wake is None:
-                    time.sleep(settings.drain_poll_s)
-                else:  # a change queued in this process needs no poll to be seen
-                    wake.wait(settings.drain_poll_s)
-                    wake.clear()
-                continue
-            if not cluster and len(entries) > settings.inprocess_max_docs:
-                # Behind on the embedded default: a LocalCluster, started once and kept for the rounds after.
-                cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
-            t = time.perf_counter()
-            settled = run_round(settings, run_id, totals["rounds"] + 1, entries, cluster[0] if cluster else None)
-            seconds = time.perf_counter() - t
-            queue.record_round(logical, run_id, len(entries), seconds)
-            totals["rounds"] += 1
-            totals["changes"] += len(entries)
-            totals["done"] += settled.done
-            totals["retrying"] += settled.retrying
-            totals["dead"] += len(settled.dead)
-            pending = queue.stats(logical).pending
-            log.info("round %d: %d changes in %.2fs (%d retrying, %d dead); %d still queued", totals["rounds"],
-                     len(entries), seconds, settled.retrying, len(settled.dead), pending)
-            update_progress_artifact(progress, 100.0 * totals["done"] / max(1, totals["done"] + pending),
-                                     description=f"round {totals['rounds']}: {len(entries)} changes in "
-                                                 f"{seconds:.1f}s; {totals['changes']:,} so far, {pending} queued")
-            last_work = time.monotonic()
-            if time.monotonic() - started >= settings.drain_max_run_s or (stop and stop.is_set()):
-                break  # what is left is found by the next wake-up or the sweep
+            with Lease(ledger, logical, run_id, LEASE_SOURCE, settings.lease_ttl_s, settings.lease_wait_s,
+                       on_wait=log.warning) as lease:
+                if settings.dask_address and not cluster:  # the standing cluster: connected and warmed once
+                    cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
+                _rounds(settings, run_id, lease, cluster, held, totals, progress, started, stop, wake)
+            # The relay sends no wake-ups while this run holds the lease (millrace.drain.draining): a change queued
+            # after the last look but before the release would wait for the sweep. Look once more, lease released.
+            if (stop and stop.is_set()) or time.monotonic() - started >= settings.drain_max_run_s \
+                    or not queue.take(logical, 1):
+                break
+            log.info("changes were queued as the lease was released: draining on")
     summary = {"collection": logical, **totals, "seconds": round(time.monotonic() - started, 2)}
     name = f"drain {logical}: {totals['changes']:,} changes in {totals['rounds']} round{'s' * (totals['rounds'] != 1)}"
     create_markdown_artifact(key=f"drain-{_key(logical)}", description=name, markdown=(
@@ -108,6 +82,48 @@ def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
         f"| {totals['done']} | {totals['retrying']} | {totals['dead']} | {summary['seconds']} |\n"))
     _rename(name)
     return summary
+
+
+def _rounds(settings: Settings, run_id: str, lease: Lease, cluster: list[WarmCluster], held: contextlib.ExitStack,
+            totals: dict[str, int], progress, started: float, stop, wake) -> None:
+    """Round after round while the lease is held, until the queue stays empty for drain_idle_s (or the run is long
+    enough, or `stop` is set)."""
+    log, queue, logical = get_run_logger(), clients.change_queue(settings), settings.collection
+    last_work = time.monotonic()
+    while True:
+        lease.check()
+        entries = queue.take(logical, settings.drain_max_changes, settings.drain_max_bytes)
+        if not entries:
+            idle, running = time.monotonic() - last_work, time.monotonic() - started
+            if idle >= settings.drain_idle_s or running >= settings.drain_max_run_s or (stop and stop.is_set()):
+                return
+            if wake is None:
+                time.sleep(settings.drain_poll_s)
+            else:  # a change queued in this process needs no poll to be seen
+                wake.wait(settings.drain_poll_s)
+                wake.clear()
+            continue
+        if not cluster and len(entries) > settings.inprocess_max_docs:
+            # Behind on the embedded default: a LocalCluster, started once and kept for the rounds after.
+            cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
+        t = time.perf_counter()
+        settled = run_round(settings, run_id, totals["rounds"] + 1, entries, cluster[0] if cluster else None)
+        seconds = time.perf_counter() - t
+        queue.record_round(logical, run_id, len(entries), seconds)
+        totals["rounds"] += 1
+        totals["changes"] += len(entries)
+        totals["done"] += settled.done
+        totals["retrying"] += settled.retrying
+        totals["dead"] += len(settled.dead)
+        pending = queue.stats(logical).pending
+        log.info("round %d: %d changes in %.2fs (%d retrying, %d dead); %d still queued", totals["rounds"],
+                 len(entries), seconds, settled.retrying, len(settled.dead), pending)
+        update_progress_artifact(progress, 100.0 * totals["done"] / max(1, totals["done"] + pending),
+                                 description=f"round {totals['rounds']}: {len(entries)} changes in "
+                                             f"{seconds:.1f}s; {totals['changes']:,} so far, {pending} queued")
+        last_work = time.monotonic()
+        if time.monotonic() - started >= settings.drain_max_run_s or (stop and stop.is_set()):
+            return  # what is left is found by the next wake-up or the sweep
 
 
 def run_round(settings: Settings, run_id: str, number: int, entries, cluster: WarmCluster | None) -> Settled:

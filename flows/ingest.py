@@ -27,6 +27,7 @@ from millrace import clients, pipeline, staging, telemetry, versions
 from millrace import plan as planning
 from millrace.config import Settings
 from millrace.embed import model_id
+from millrace.jsonl import is_jsonl
 from millrace.lease import Lease
 from millrace.quality import QualityGateError
 from millrace.records import BatchResult, Failure, SourceObject
@@ -183,16 +184,16 @@ def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, 
                 artifacts)
         return
     with dask_task_runner(settings) as dask_runner:
-        warm = warm_cluster(dask_runner, settings)
+        warm = warm_cluster(dask_runner, settings, extractor=not is_jsonl(source))  # records need no Tika
         phases["start_workers"] = time.perf_counter() - t
         _stream(source, plan, settings, run_id, version, lease, stats, phases, dask_runner.submit, warm.slots,
                 artifacts)
 
 
-def warm_cluster(runner, settings: Settings) -> WarmCluster:
-    """Every worker loads the model, JVM and GX context now, in parallel, and not inside its first batch; the
-    collection exists with the model's dimension."""
-    dims = set(runner.client.run(warm_up_dim, settings).values())
+def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmCluster:
+    """Every worker loads the model, JVM (unless `extractor` is off) and GX context now, in parallel, and not inside
+    its first batch; the collection exists with the model's dimension."""
+    dims = set(runner.client.run(warm_up_dim, settings, extractor).values())
     runner.client.run(imported)
     warm = WarmCluster(runner=runner, slots=sum(runner.client.nthreads().values()) or 1, dim=dims.pop())
     clients.milvus_store(settings).ensure_collection(warm.dim, model_id(settings))

@@ -14,12 +14,29 @@ from collections import defaultdict
 from typing import Iterable
 
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
+from millrace import lease
 from millrace.changequeue import ChangeQueue, Entry
 from millrace.config import Settings
 from millrace.ledger import Ledger
 from millrace.records import TRANSIENT_REASONS, doc_id_for
 from millrace.sources import path_to_uri, s3_location, s3_uri, uri_to_path
+
+
+# What a draining run's lease says it is for: the relay sends no wake-ups while a run holding it is alive.
+LEASE_SOURCE = "drain of the change queue"
+
+
+def draining(ledger: Ledger, collection: str) -> bool:
+    """Whether a live draining run holds the collection: it takes whatever is queued, so a wake-up would only start
+    a run that the deployment's CANCEL_NEW limit cancels (an in-process API app and a flow run per wake-up, ~1/s
+    during a stream). A run that dies stops renewing, its lease expires, and wake-ups resume."""
+    try:
+        held = lease.current(ledger, collection)
+    except SQLAlchemyError:  # cannot tell: a spare wake-up costs a cancelled run, a missing one the sweep's minute
+        return False
+    return held is not None and held["source"] == LEASE_SOURCE
 
 
 class Settled(BaseModel):

@@ -64,16 +64,17 @@ def _use_worker_threads(worker, settings: Settings) -> None:
         torch.set_num_threads(max(1, worker.state.nthreads))
 
 
-def warm_up_dim(settings: Settings, dask_worker=None) -> int:
+def warm_up_dim(settings: Settings, extractor: bool = True, dask_worker=None) -> int:
     """On each Dask worker (through Client.run, which passes `dask_worker`, on the worker's main thread, as the JVM
-    wants): warm up with the run's settings (its model may differ from the worker's environment); the dimension."""
+    wants): warm up with the run's settings (its model may differ from the worker's environment); the dimension.
+    `extractor` off (a run of JSONL records) leaves Tika's JVM to the first file that needs it."""
     from millrace import clients, logs, telemetry
 
     # Tracing first: the worker's spans must carry its own service name, set before any task span can start.
     telemetry.setup("millrace-worker", settings)
     logs.configure(settings)
     _use_worker_threads(dask_worker, settings)
-    warm_up(settings)
+    warm_up(settings, extractor)
     return clients.embedder(settings).dim
 
 

@@ -30,12 +30,13 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from millrace.changequeue import Change, from_s3
-from millrace.clients import change_queue
+from millrace.clients import change_queue, ledger
 from millrace.config import Settings
+from millrace.drain import draining
 from millrace.eventlog import EventLog
 from millrace.retry import with_retries
 from millrace.s3events import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
-from serving.emit import Debouncer, PrefectEmitter, flush_events
+from serving.emit import WAKE_EVENT, Debouncer, PrefectEmitter, flush_events
 from serving.relay_writes import DeliveryWriter
 from serving.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
 
@@ -106,7 +107,7 @@ class Relay:
                                       timeout_s=settings.emit_timeout_s, retry_delays=settings.retry_delays)
         core = Settings()
         self.eventlog = EventLog(core.resolved_ledger_url)
-        self.queue = change_queue(core)
+        self.queue, self.ledger = change_queue(core), ledger(core)
         self.collection = core.collection
         self.sources = core.sources  # MILLRACE_SOURCES, as the ingest flows read it
         self.verifier = SnsVerifier(self._fetch, settings.sns_url_pattern)
@@ -128,10 +129,19 @@ class Relay:
 
         return with_retries(get, self.settings.retry_delays, f"fetching {url}")
 
+    def _emit(self, events: list[dict]) -> bool:
+        """Emit a flush's events; without its wake-up (the first) while a live drain holds the collection. True
+        when the wake-up went."""
+        if draining(self.ledger, self.collection):
+            events = events[1:]
+        if events:
+            self.emitter.emit(events)
+        return bool(events) and events[0]["event"] == WAKE_EVENT
+
     async def _flush(self, bucket: str, changes: list[S3Change]) -> None:
         events = flush_events(self.collection, bucket, changes)
         try:
-            await asyncio.get_running_loop().run_in_executor(self.emit_threads, self.emitter.emit, events)
+            woke = await asyncio.get_running_loop().run_in_executor(self.emit_threads, self._emit, events)
         except Exception as exc:
             # Once per outage, not once per flush: a flood against a dead Prefect would bury the log otherwise.
             if not self.emit_failing:
@@ -142,7 +152,8 @@ class Relay:
         if self.emit_failing:
             log.info("emitting events to %s again", self.emitter.api_url)
             self.emit_failing = False
-        log.info("woke the drain of %s: %d changes in bucket %s", self.collection, len(events) - 1, bucket)
+        log.info("%s %s: %d changes in bucket %s", "woke the drain of" if woke else "the drain running takes",
+                 self.collection, len(events) - 1, bucket)
 
     def within_sources(self, changes: list[S3Change]) -> tuple[list[tuple[S3Change, Change]], int]:
         """Each change the ingest flows would act on with its queue entry (millrace.changequeue.from_s3: the source

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from millrace import clients
 from millrace.changequeue import Change
 from millrace.config import Settings
+from millrace.drain import draining
 from millrace.retry import with_retries
 from millrace.s3events import BadEvent, Notice, parse_body
 from millrace.sources import route_keys
@@ -216,6 +217,8 @@ class SqsIntake:
             log.debug("no PREFECT_API_URL: not waking the drain for %d changes (the sweep takes them)", n)
             return
         try:
+            if draining(clients.ledger(self.settings), self.settings.collection):
+                return  # the run draining now takes them (millrace.drain.draining)
             self.emitter.emit([wake_event(self.settings.collection, n)])
         except EmitError as exc:  # the changes are safe in the change queue; the sweep drains them
             log.warning("could not wake the drain: %s", exc)

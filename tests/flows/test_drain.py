@@ -116,3 +116,30 @@ def test_a_transient_failure_is_retried_after_its_backoff_and_one_that_keeps_fai
     drain_now(settings)
     assert queue.stats(settings.collection).dead == 0
     assert top_uri(settings, text(3, "dam")) == path_to_uri(folder / "flaky report.txt")
+
+
+def test_a_change_queued_as_the_lease_is_released_is_drained_by_the_same_run(tmp_path, settings, monkeypatch):
+    """The relay sends no wake-up while a drain holds the lease, so the run itself must find a change that lands
+    between its last look at the queue and its release (here: queued by the release itself, the worst moment)."""
+    from millrace import drain as core
+    from millrace.lease import Lease
+
+    folder = tmp_path / "late"
+    folder.mkdir()
+    for i, rel in enumerate(["first.txt", "late #2.txt"]):
+        (folder / rel).write_text(text(i, "spillway"))
+    put(settings, folder, ["first.txt"])
+    release, late = Lease.release, []
+
+    def release_after_a_late_change(lease):
+        if not late and lease.source == core.LEASE_SOURCE:  # the drain's own lease, not a round's inner one
+            assert core.draining(clients.ledger(settings), settings.collection)  # the relay would not wake anyone
+            late.append(put(settings, folder, ["late #2.txt"]))
+        release(lease)
+
+    monkeypatch.setattr(Lease, "release", release_after_a_late_change)
+    summary = drain_now(settings)
+    assert late and (summary["changes"], summary["done"]) == (2, 2), summary
+    assert clients.change_queue(settings).stats(settings.collection).pending == 0
+    assert indexed(settings, folder)[path_to_uri(folder / "late #2.txt")] == "indexed"
+    assert not core.draining(clients.ledger(settings), settings.collection)

@@ -93,13 +93,27 @@ def loopback_dask(prefect_api):
         p.wait(30)
 
 
-def test_same_flow_on_an_existing_scheduler_with_two_workers(loopback_dask, sample_dir, settings, monkeypatch):
+def test_same_flow_on_an_existing_scheduler_with_two_workers(loopback_dask, sample_dir, settings, monkeypatch,
+                                                             tmp_path):
     address, client = loopback_dask
     monkeypatch.setenv("MILLRACE_DASK_ADDRESS", address)
     monkeypatch.setenv("MILLRACE_DOCS_PER_BATCH", "1")
     settings = load_settings(collection=settings.collection)
+
+    def _jvm_started() -> bool:  # defined here: cloudpickle sends it by value (workers cannot import tests/)
+        import jpype
+
+        return jpype.isJVMStarted()
+
+    # Records first: they need no Tika, so the run's warm-up starts no JVM on the workers.
+    records = tmp_path / "notes + café #1.jsonl"
+    records.write_text("".join(f'{{"_id": "r{i}", "title": "Note {i}", "text": "Gauge {i} read {i * 7} cm."}}\n'
+                               for i in range(4)), encoding="utf-8")
+    assert run(records, load_settings(collection=settings.collection + "_r"))["indexed"] == 4
+    assert set(client.run(_jvm_started).values()) == {False}
     summary = run(sample_dir, settings)
     assert (summary["indexed"], summary["failed"]) == (7, 2) and summary["reconciled"]
+    assert set(client.run(_jvm_started).values()) == {True}
 
     def models_loaded():
         import millrace.embed

@@ -376,3 +376,29 @@ def test_messy_keys_are_queued_decoded_and_relative_to_their_source(prefect_api,
         entry = changes.entry(collection, source, where[1])
         assert entry is not None and entry.source == source and entry.object == where[1], key
     assert changes.stats(collection).pending == 3
+
+
+def test_no_wake_up_while_a_live_drain_holds_the_collection(prefect_api, tmp_path):
+    """A live drain takes what is queued: a wake-up would only start a run that CANCEL_NEW cancels. Object events
+    still go to the feed, and once the drain is gone (released, or its lease expired) wake-ups resume."""
+    from millrace import clients
+    from millrace.drain import LEASE_SOURCE
+    from millrace.lease import Lease
+
+    relay, proc = start_relay(tmp_path, prefect_api, MILLRACE_RELAY_DEBOUNCE_S="0.2")
+    collection, bucket = collection_of(relay), f"held-{uuid.uuid4().hex[:6]}"
+    ledger = clients.ledger(Settings(home=tmp_path))
+    try:
+        with Lease(ledger, collection, "a-drain-run", LEASE_SOURCE, ttl_s=60):
+            for i, key in enumerate(["während #1.txt", "b+c.txt"]):
+                assert post(relay, envelope_of(key, bucket=bucket)).status_code == 200
+                wait_for(lambda: len(names(events(prefect_api, bucket), "s3.object.created")) > i, "object events")
+            time.sleep(6)  # the event persister flushes every few seconds: look after it settled
+            assert wakes(prefect_api, collection) == []
+        assert post(relay, envelope_of("after.txt", bucket=bucket)).status_code == 200
+        woken = wait_for(lambda: wakes(prefect_api, collection), "a wake-up once the drain let go")
+    finally:
+        stop(proc)
+    assert woken[0]["payload"]["changes"] == 1
+    assert queue(tmp_path).stats(collection).pending == 3
+    assert "the drain running takes" in (tmp_path / "relay.log").read_text()
