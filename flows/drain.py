@@ -5,16 +5,21 @@ the ingest flow's machinery (a ledger run per round, staging, reconciliation), t
 the entries it committed (millrace.drain.settle). A kill mid-round leaves them queued, and staging recovery in the
 next run finishes or undoes the round's writes. The first change after a quiet period goes alone and at once; when
 changes arrive faster than a round takes, rounds grow by themselves, so fixed costs are paid per round, not per
-change. The run stays while work keeps coming and exits after drain_idle_s without any (or after drain_max_run_s),
+change. A round commits in the background while the next one is planned and processed, which stages nothing until
+that commit is done. The run stays while work keeps coming and exits after drain_idle_s without any (or after drain_max_run_s),
 looking at the queue one last time first. Wake-ups (the relay's `millrace.changes.pending` events, a scheduled
 sweep) start a run; the deployment's CANCEL_NEW limit drops those that arrive while one drains."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import itertools
 import time
 import uuid
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Generator
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -22,10 +27,11 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks import load_settings
-from flows.ingest import run_ingest, warm_cluster
+from flows.ingest import finish, ingest_steps, run_ingest, warm_cluster
 from flows.runner import WarmCluster, dask_task_runner
 from millrace import clients, versions
 from millrace.config import Settings
+from millrace.changequeue import Entry, entry_key
 from millrace.drain import LEASE_SOURCE, Settled, by_source, settle
 from millrace.lease import Lease
 
@@ -87,50 +93,130 @@ def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
 def _rounds(settings: Settings, run_id: str, lease: Lease, cluster: list[WarmCluster], held: contextlib.ExitStack,
             totals: dict[str, int], progress, started: float, stop, wake) -> None:
     """Round after round while the lease is held, until the queue stays empty for drain_idle_s (or the run is long
-    enough, or `stop` is set)."""
+    enough, or `stop` is set). A round's commit, reconciliation and settling run in the background while the next
+    round is taken, planned and sent to the workers, which would otherwise wait for them (~0.9 s a round); the next
+    round writes nothing to Milvus until that commit is done, and takes none of its keys."""
     log, queue, logical = get_run_logger(), clients.change_queue(settings), settings.collection
     last_work = time.monotonic()
-    while True:
-        lease.check()
-        entries = queue.take(logical, settings.drain_max_changes, settings.drain_max_bytes)
-        if not entries:
-            idle, running = time.monotonic() - last_work, time.monotonic() - started
-            if idle >= settings.drain_idle_s or running >= settings.drain_max_run_s or (stop and stop.is_set()):
-                return
-            if wake is None:
-                time.sleep(settings.drain_poll_s)
-            else:  # a change queued in this process needs no poll to be seen
-                wake.wait(settings.drain_poll_s)
-                wake.clear()
-            continue
-        if not cluster and len(entries) > settings.inprocess_max_docs:
-            # Behind on the embedded default: a LocalCluster, started once and kept for the rounds after.
-            cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
-        t = time.perf_counter()
-        settled = run_round(settings, run_id, totals["rounds"] + 1, entries, cluster[0] if cluster else None)
-        seconds = time.perf_counter() - t
-        queue.record_round(logical, run_id, len(entries), seconds)
-        totals["rounds"] += 1
-        totals["changes"] += len(entries)
-        totals["done"] += settled.done
-        totals["retrying"] += settled.retrying
-        totals["dead"] += len(settled.dead)
-        pending = queue.stats(logical).pending
-        log.info("round %d: %d changes in %.2fs (%d retrying, %d dead); %d still queued", totals["rounds"],
-                 len(entries), seconds, settled.retrying, len(settled.dead), pending)
-        update_progress_artifact(progress, 100.0 * totals["done"] / max(1, totals["done"] + pending),
-                                 description=f"round {totals['rounds']}: {len(entries)} changes in "
-                                             f"{seconds:.1f}s; {totals['changes']:,} so far, {pending} queued")
-        last_work = time.monotonic()
-        if time.monotonic() - started >= settings.drain_max_run_s or (stop and stop.is_set()):
-            return  # what is left is found by the next wake-up or the sweep
+    numbers = itertools.count(1)
+    with Committing() as committing:
+        while True:
+            lease.check()
+            entries = queue.take(logical, settings.drain_max_changes, settings.drain_max_bytes,
+                                 exclude=committing.keys)
+            if not entries:
+                if committing.busy:  # its settling may leave work (a newer change of one of its objects)
+                    committing.wait()
+                    continue
+                idle, running = time.monotonic() - last_work, time.monotonic() - started
+                if idle >= settings.drain_idle_s or running >= settings.drain_max_run_s or (stop and stop.is_set()):
+                    return
+                if wake is None:
+                    time.sleep(settings.drain_poll_s)
+                else:  # a change queued in this process needs no poll to be seen
+                    wake.wait(settings.drain_poll_s)
+                    wake.clear()
+                continue
+            if not cluster and len(entries) > settings.inprocess_max_docs:
+                # Behind on the embedded default: a LocalCluster, started once and kept for the rounds after.
+                committing.wait()
+                cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
+            t = time.perf_counter()
+            number = next(numbers)
+            rest = start_round(settings, run_id, number, entries, cluster[0] if cluster else None, committing)
+            # partial, not a lambda: the loop rebinds these names while the round commits
+            committing.submit(entries, functools.partial(_close_round, settings, run_id, number, entries, rest, t,
+                                                         totals, progress))
+            last_work = time.monotonic()
+            if time.monotonic() - started >= settings.drain_max_run_s or (stop and stop.is_set()):
+                return  # what is left is found by the next wake-up or the sweep
 
 
-def run_round(settings: Settings, run_id: str, number: int, entries, cluster: WarmCluster | None) -> Settled:
-    """Mirror a round's objects, one ingest of named objects per source, then settle the queue."""
-    for i, (source, group) in enumerate(by_source(entries).items()):
-        run_ingest(source, settings, objects=[e.object for e in group], round_id=f"{run_id}-r{number}-{i}",
-                   runner=cluster, artifacts=False)
+class Committing:
+    """The round committing in the background: at most one, on one thread that carries the flow run's context
+    (Prefect's task runs, logger and artifacts need it). `wait` re-raises its failure; leaving the block waits."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="drain-commit")
+        self._future: Future | None = None
+        self.keys: frozenset[str] = frozenset()
+
+    @property
+    def busy(self) -> bool:
+        return self._future is not None
+
+    def submit(self, entries: list[Entry], fn: Callable[[], None]) -> None:
+        self.wait()
+        self.keys = frozenset(entry_key(e.source, e.object) for e in entries)
+        self._future = self._pool.submit(contextvars.copy_context().run, fn)
+
+    def wait(self) -> None:
+        future, self._future = self._future, None
+        try:
+            if future is not None:
+                future.result()
+        finally:
+            self.keys = frozenset()
+
+    def __enter__(self) -> "Committing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()  # never leave the lease with a round half-committed
+        except BaseException:
+            if exc[0] is None:
+                raise
+            get_run_logger().exception("the round committing in the background failed too")
+        finally:
+            self._pool.shutdown()
+
+
+def start_round(settings: Settings, run_id: str, number: int, entries, cluster: WarmCluster | None,
+                committing: Committing) -> list[Generator]:
+    """Plan a round's objects, one ingest of named objects per source, and stage them; the ingests' unfinished rest
+    (commit, reconciliation), for _close_round. Staging waits for the previous round's commit: Milvus then holds
+    no chunk that this round's or that round's reconciliation does not expect. All sources but the last commit here,
+    for the same reason."""
+    steps = []
+    groups = list(by_source(entries).items())
+    for i, (source, group) in enumerate(groups):
+        run = ingest_steps(source, settings, objects=[e.object for e in group], round_id=f"{run_id}-r{number}-{i}",
+                           runner=cluster, artifacts=False, recover=not committing.busy,
+                           before_staging=committing.wait)
+        next(run)  # planned, processed and staged
+        committing.wait()
+        if i < len(groups) - 1:
+            finish(run)
+        else:
+            steps.append(run)
+    return steps
+
+
+def _close_round(settings: Settings, run_id: str, number: int, entries, rest: list[Generator], started: float,
+                 totals: dict[str, int], progress) -> None:
+    """Commit and reconcile a staged round, settle its queue entries, and report it."""
+    log, queue, logical = get_run_logger(), clients.change_queue(settings), settings.collection
+    for run in rest:
+        finish(run)
+    settled = settle_round(settings, entries)
+    seconds = time.perf_counter() - started
+    queue.record_round(logical, run_id, len(entries), seconds)
+    totals["rounds"] += 1
+    totals["changes"] += len(entries)
+    totals["done"] += settled.done
+    totals["retrying"] += settled.retrying
+    totals["dead"] += len(settled.dead)
+    pending = queue.stats(logical).pending
+    log.info("round %d: %d changes in %.2fs (%d retrying, %d dead); %d still queued", number, len(entries), seconds,
+             settled.retrying, len(settled.dead), pending)
+    update_progress_artifact(progress, 100.0 * totals["done"] / max(1, totals["done"] + pending),
+                             description=f"round {number}: {len(entries)} changes in {seconds:.1f}s; "
+                                         f"{totals['changes']:,} so far, {pending} queued")
+
+
+def settle_round(settings: Settings, entries) -> Settled:
+    """Settle a committed round's queue entries; objects that kept failing are set aside (and sent to the DLQ)."""
     physical = versions.active_physical(settings)
     settled = settle(clients.change_queue(settings), clients.ledger(settings), physical, entries, settings)
     if settled.dead:

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import deque
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, Callable, Generator
 
 from distributed import KilledWorker
 from prefect import flow, get_run_logger
@@ -88,6 +88,29 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
     """One mirroring run. A draining run (flows/drain.py) calls it once per round: `round_id` names the round's
     ledger run while the lease stays the flow run's, `runner` is the Dask runner it holds for all its rounds, and
     `artifacts=False` leaves the per-round reporting to the drain."""
+    return finish(ingest_steps(source, settings, retry_failed, objects, since=since, physical=physical,
+                               round_id=round_id, runner=runner, artifacts=artifacts))
+
+
+def finish(steps: Generator[str, None, dict[str, Any]]) -> dict[str, Any]:
+    """Drive a run's steps (ingest_steps) to the end; its summary."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
+
+
+def ingest_steps(source: str, settings: Settings, retry_failed: bool = False,
+                 objects: list[str] | None = None, *, since: float | None = None,
+                 physical: str | None = None, round_id: str | None = None, runner: WarmCluster | None = None,
+                 artifacts: bool = True, recover: bool = True, before_staging: Callable[[], None] | None = None
+                 ) -> Generator[str, None, dict[str, Any]]:
+    """run_ingest in two steps: it yields "staged" once every batch is staged, and commits, reconciles and returns
+    the summary when resumed. A draining run commits a round in the background while the next round is planned
+    and its batches are on the workers: `before_staging` is called before the next round writes anything to
+    Milvus (it waits for the commit), and `recover=False` skips staging recovery, which would take the committing
+    round's pending writes for a dead run's."""
     log = get_run_logger()
     started = time.perf_counter()
     lease_id = str(flow_run.get_id() or uuid.uuid4())
@@ -105,7 +128,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         collection = settings.collection  # physical from here on: the ledger's rows and counts are its own
         ledger.start_run(collection, run_id, source, scope.model_dump())
         store = clients.milvus_store(settings)
-        recovered = staging.recover(store, ledger, collection, run_id)
+        recovered = staging.recover(store, ledger, collection, run_id) if recover else []
         phases: dict[str, float] = {"wait_for_lease": lease.waited_s}
         t = time.perf_counter()
         version = pipeline.pipeline_version(settings)
@@ -123,7 +146,9 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
         stats = RunStats()
         try:
             if plan.todo:
-                _process(source, plan, settings, run_id, version, lease, stats, phases, runner, artifacts)
+                _process(source, plan, settings, run_id, version, lease, stats, phases, runner, artifacts,
+                         before_staging)
+            yield "staged"
             t = time.perf_counter()
             commit_run(run_id, settings)
         except BaseException:
@@ -160,7 +185,7 @@ def run_ingest(source: str, settings: Settings, retry_failed: bool = False,
 
 def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
              stats: RunStats, phases: dict[str, float], runner: WarmCluster | None = None,
-             artifacts: bool = True) -> None:
+             artifacts: bool = True, before_staging: Callable[[], None] | None = None) -> None:
     """Process the run's batches where they are cheapest, staging each one as it finishes, a bounded number in flight.
 
     A configured Dask cluster is always used (its workers are warm). Otherwise a small change set is processed in
@@ -176,18 +201,18 @@ def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, 
         phases["warm_up"] = time.perf_counter() - t
         get_run_logger().info("%d documents: processed in the flow's process (warm-up %s)", plan.todo,
                               ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))
-        _stream(source, plan, settings, run_id, version, lease, stats, phases, None, 1, artifacts)
+        _stream(source, plan, settings, run_id, version, lease, stats, phases, None, 1, artifacts, before_staging)
         return
     if runner is not None:  # a draining run's: started and warmed up once for all its rounds
         store.ensure_collection(runner.dim, model_id(settings))
         _stream(source, plan, settings, run_id, version, lease, stats, phases, runner.runner.submit, runner.slots,
-                artifacts)
+                artifacts, before_staging)
         return
     with dask_task_runner(settings) as dask_runner:
         warm = warm_cluster(dask_runner, settings, extractor=not is_jsonl(source))  # records need no Tika
         phases["start_workers"] = time.perf_counter() - t
         _stream(source, plan, settings, run_id, version, lease, stats, phases, dask_runner.submit, warm.slots,
-                artifacts)
+                artifacts, before_staging)
 
 
 def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmCluster:
@@ -201,7 +226,8 @@ def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmClus
 
 
 def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
-            stats: RunStats, phases: dict[str, float], submit, slots: int, artifacts: bool = True) -> None:
+            stats: RunStats, phases: dict[str, float], submit, slots: int, artifacts: bool = True,
+            before_staging: Callable[[], None] | None = None) -> None:
     log = get_run_logger()
     store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
@@ -232,6 +258,8 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
 
     for _ in range(max(2, 2 * slots) if submit else 1):
         submit_next()
+    if before_staging is not None:  # the workers are busy with this run's first batches meanwhile
+        before_staging()
     done = 0
     while in_flight:
         i, batch, died, pending = in_flight.popleft()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime, timezone
-from typing import Iterable, Literal
+from typing import Collection, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, delete, func, select
@@ -163,16 +163,21 @@ class ChangeQueue:
         return accepted
 
     def take(self, collection: str, max_changes: int = 1000, max_bytes: int | None = None,
-             now: float | None = None) -> list[Entry]:
+             now: float | None = None, exclude: Collection[str] = ()) -> list[Entry]:
         """The oldest due entries of a collection, at most `max_changes` and (where sizes are known) about
-        `max_bytes`: a round stays bounded however long the queue is. At least one entry if any is due."""
+        `max_bytes`: a round stays bounded however long the queue is. At least one entry if any is due. Keys in
+        `exclude` (entry_key) are passed over: those of a round still committing, which settles them itself."""
         now = time.time() if now is None else now
         q = (select(changes).where(changes.c.collection == collection, changes.c.state == "pending",
                                    changes.c.next_attempt_at <= now)
-             .order_by(changes.c.enqueued_at, changes.c.key).limit(max_changes))
+             .order_by(changes.c.enqueued_at, changes.c.key).limit(max_changes + len(exclude)))
         taken, size = [], 0
         with self.engine.connect() as conn:
             for row in conn.execute(q):
+                if row.key in exclude:
+                    continue
+                if len(taken) >= max_changes:
+                    break
                 entry = _entry(row)
                 size += entry.size or 0
                 if taken and max_bytes is not None and size > max_bytes:

@@ -143,3 +143,61 @@ def test_a_change_queued_as_the_lease_is_released_is_drained_by_the_same_run(tmp
     assert clients.change_queue(settings).stats(settings.collection).pending == 0
     assert indexed(settings, folder)[path_to_uri(folder / "late #2.txt")] == "indexed"
     assert not core.draining(clients.ledger(settings), settings.collection)
+
+
+def test_the_next_round_is_planned_while_a_round_commits_and_an_object_changed_meanwhile_ends_current(
+        tmp_path, settings, monkeypatch):
+    """A round commits in the background while the next one is planned and processed. While round 1 stages, an
+    object of its own is overwritten and a new one created; its commit is held here until round 2's ledger run
+    exists, so the overlap must happen. Round 2 takes only the new object, a later round the overwrite, and the
+    index ends equal to the folder, reconciliation passing in every round."""
+    import time
+
+    from sqlalchemy import select
+
+    from millrace import staging, versions
+    from millrace.ledger import runs
+
+    folder = tmp_path / "overlap"
+    folder.mkdir()
+    first = ["weir #1.txt", "café 2.txt", "sub dir/3 + 4.txt"]
+    for i, rel in enumerate(first):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text(i, "fish ladder"))
+    put(settings, folder, first)
+    ledger, stage, commit, seen = clients.ledger(settings), staging.stage_batch, staging.commit, []
+
+    def round_runs() -> list[str]:
+        with ledger.engine.connect() as conn:
+            return sorted(conn.execute(select(runs.c.run_id).where(runs.c.run_id.like("%-r%-%"))).scalars())
+
+    def stage_as_changes_arrive(*args, **kwargs):
+        if not seen:  # round 1 read its files already: it indexes the old text of first[1]
+            seen.append("staging")
+            (folder / first[1]).write_text(text(9, "salmon run"))
+            (folder / "late é.txt").write_text(text(8, "eel pass"))
+            put(settings, folder, [first[1], "late é.txt"])
+        return stage(*args, **kwargs)
+
+    def commit_while_the_next_round_starts(store, ledger_, run_id):
+        if len(seen) == 1:
+            deadline = time.monotonic() + 120
+            while len(round_runs()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append(round_runs())
+        return commit(store, ledger_, run_id)
+
+    monkeypatch.setattr(staging, "stage_batch", stage_as_changes_arrive)
+    monkeypatch.setattr(staging, "commit", commit_while_the_next_round_starts)
+    summary = drain_now(settings)
+    assert len(seen) == 2 and len(seen[1]) == 2, seen  # round 2 was planned while round 1 was committing
+    # Round 1 leaves the overwritten object queued (its newer version), so 4 entries leave the queue in 3 rounds.
+    assert (summary["rounds"], summary["changes"], summary["done"]) == (3, 5, 4), summary
+    assert clients.change_queue(settings).stats(settings.collection).pending == 0
+    states = indexed(settings, folder)
+    assert {path_to_uri(folder / r) for r in [*first, "late é.txt"]} == {u for u, s in states.items() if s == "indexed"}
+    assert top_uri(settings, text(9, "salmon run")) == path_to_uri(folder / first[1])
+    assert top_uri(settings, text(8, "eel pass")) == path_to_uri(folder / "late é.txt")
+    physical = versions.active_physical(settings)
+    store = clients.milvus_store(settings.model_copy(update={"collection": physical}))
+    assert store.count() == ledger.chunk_total(physical) > 0
