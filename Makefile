@@ -86,7 +86,7 @@ bench: $(STAMP) | $(PATHWAY_STAMP)
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/freshness.py --uploads 20 --every 15
-	$(BIN)/python bench/continuous.py --batch 200 --rates 0.5,1,1.5,2,3 --step-s 300 --burst 2000 --soak-s 600
+	$(BIN)/python bench/continuous.py --batch 200 --rates 8,12,16,20 --step-s 300 --burst 2000 --soak-s 600
 	$(BIN)/python bench/peer_freshness.py --rates 0.5,1,2,4,6,8,12 --step-s 60 --low-rate 0.2 --low-n 20
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/memory.py
