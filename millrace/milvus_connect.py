@@ -72,6 +72,10 @@ def pymilvus():
 # without data, so a connection idle through a long embedding batch got GOAWAY "too_many_pings" and the next write
 # failed once (UNAVAILABLE) into a retry. Ping only while a call is in flight.
 LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 60_000}
+# How long to wait for the Lite server this process just started to accept connections. pymilvus waits 10 s; a cold
+# start (its ~200 MB binary read from disk, the data file opened) on a loaded 2-core machine took longer (2026-12-04),
+# and the server is known to be running (milvus-lite's start saw it alive after 0.5 s), so waiting costs nothing.
+LITE_CONNECT_TIMEOUT_S = 60.0
 
 
 def connect(settings: Settings):
@@ -84,7 +88,7 @@ def connect(settings: Settings):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         start_lite(uri)  # our lock first (LiteHeld names the holder), then milvus-lite's server; never retried
         try:
-            return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
+            return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS, timeout=LITE_CONNECT_TIMEOUT_S)
         except MilvusException as exc:
             raise ConfigError(f"cannot open Milvus Lite data {uri}: {exc.message}") from exc
 
