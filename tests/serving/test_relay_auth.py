@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 from tests.millrace.test_s3events import make_signer, s3_record, sign
-from tests.serving.test_relay import Capture, events, post, serve, start_relay, stop, wait_for
+from tests.serving.relay_harness import Capture, events, post, serve, start_relay, stop, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 
 from millrace.config import Settings
 from tests.faultproxy import FaultProxy, wait_until
-from tests.serving.test_relay import collection_of, envelope_of, post, queue, start_relay, stop
+from tests.serving.relay_harness import collection_of, envelope_of, post, queue, start_relay, stop
 
 pytestmark = pytest.mark.integration
 KEYS = ["in box/café #1.txt", "a+b = c 100%.md", "Übersicht Mai (v2).pdf"]

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tests.millrace.test_s3events import eventbridge, s3_record
-from tests.serving.test_relay import TOKEN, post, start_relay, stop
+from tests.serving.relay_harness import TOKEN, post, start_relay, stop
 
 pytestmark = pytest.mark.integration
 BUCKET = "log-docs"
