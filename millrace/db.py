@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from millrace.retry import with_retries
 
 _engines: dict[tuple[str, int], Engine] = {}
 _engines_lock = threading.Lock()
@@ -26,9 +30,35 @@ def engine_for(url: str, meta: MetaData) -> Engine:
             engine = create_engine(url, future=True, **kwargs)
             if engine.dialect.name == "sqlite":
                 begin_immediate(engine)
-            meta.create_all(engine)
+            create_schema(engine, meta)
             _engines[(url, id(meta))] = engine
         return engine
+
+
+# A process that lost the race to create a table waits a moment and looks again (see create_schema).
+SCHEMA_RACE_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def create_schema(engine: Engine, meta: MetaData, migrate: Callable[[Engine], None] | None = None) -> None:
+    """`meta`'s tables (and `migrate`'s columns) created where missing, when other processes may be doing the same.
+
+    `make server` starts the API, the relay, the workers and a flow run at once on a fresh home, and each creates
+    the tables it uses. create_all checks, then creates: two processes both find a table missing and the second
+    CREATE fails ("table documents already exists"; on Postgres also a duplicate pg_type row). The loser looks
+    again, now finds the table, and goes on."""
+
+    def create() -> None:
+        meta.create_all(engine)
+        if migrate is not None:
+            migrate(engine)
+
+    with_retries(create, SCHEMA_RACE_DELAYS, "creating the ledger database's tables", (DBAPIError,),
+                 classify=_lost_the_race)
+
+
+def _lost_the_race(exc: BaseException) -> bool:
+    message = str(getattr(exc, "orig", None) or exc).lower()
+    return "already exists" in message or "duplicate" in message
 
 
 def begin_immediate(engine: Engine) -> None:

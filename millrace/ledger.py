@@ -14,6 +14,7 @@ from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, c
                         select, text)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from millrace.db import create_schema
 from millrace.records import DocState, DocSummary, Failure
 
 meta = MetaData()
@@ -134,8 +135,7 @@ class Ledger:
             # Several processes (concurrent runs, status) share the file: wait for a writer instead of failing.
             kwargs["connect_args"] = {"timeout": 60}
         self.engine = create_engine(url, future=True, **kwargs)
-        meta.create_all(self.engine)
-        _migrate(self.engine)
+        create_schema(self.engine, meta, _migrate)
 
     def upsert_rows(self, conn, rows: Iterable[dict]) -> None:
         """Insert or update document rows; only the given fields change on an existing row."""
