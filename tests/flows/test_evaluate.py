@@ -40,8 +40,24 @@ def scifact_subset(tmp_path_factory):
     return out
 
 
-def test_evaluate_flow_scores_every_mode_and_gates(scifact_subset, settings):
-    result = evaluate(data_dir=str(scifact_subset), collection=settings.collection)
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, dask_cluster):
+    """One MILLRACE_HOME for the module: the subset is indexed with torch once, and each test reads or adds to it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MILLRACE_HOME", str(tmp_path_factory.mktemp("eval-home")))
+        mp.setenv("MILLRACE_DASK_ADDRESS", dask_cluster.scheduler_address)
+        mp.setenv("MILLRACE_RETRY_DELAYS", "[0.2, 0.5]")
+        yield
+
+
+@pytest.fixture(scope="module")
+def torch_run(scifact_subset, home):
+    """The subset indexed with the default (torch) encoder into its default collection, and scored."""
+    return evaluate(data_dir=str(scifact_subset), options={"embed_backend": "torch"})
+
+
+def test_evaluate_flow_scores_every_mode_and_gates(scifact_subset, torch_run):
+    result = torch_run
     assert KEYS <= set(result) and result["queries"] == 15 and (result["mode"], result["split"]) == ("dense", "test")
     assert set(result["by_mode"]) == {"dense", "bm25", "hybrid"}
     assert result["by_mode"]["dense"] == {k: result[k] for k in ("ndcg@10", "map@10", "recall@100", "mrr@10")}
@@ -50,22 +66,25 @@ def test_evaluate_flow_scores_every_mode_and_gates(scifact_subset, settings):
     assert result["chunks"] > result["documents"] > 200
 
     with pytest.raises(EvaluationGateError, match="below the required"):
-        evaluate(data_dir=str(scifact_subset), collection=settings.collection, mode="hybrid", min_ndcg=1.01)
+        evaluate(data_dir=str(scifact_subset), mode="hybrid", min_ndcg=1.01)
 
 
-def test_cli_eval_beir_prints_one_json_object(scifact_subset, settings, capsys):
+def test_cli_eval_beir_prints_one_json_object(scifact_subset, torch_run, capsys):
     rc = cli.main(["eval", "beir", str(scifact_subset), "--mode", "hybrid", "--json",
-                   "--collection", settings.collection])
+                   "--collection", torch_run["collection"]])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert KEYS <= set(out) and out["mode"] == "hybrid" and out["ndcg@10"] == out["by_mode"]["hybrid"]["ndcg@10"]
+    # The CLI scores the collection the flow built, with the same vectors.
+    assert out["chunks"] == torch_run["chunks"] and out["collection"] == torch_run["collection"]
+    assert out["ndcg@10"] == pytest.approx(torch_run["by_mode"]["hybrid"]["ndcg@10"], abs=1e-6)
 
 
-def test_eval_with_another_encoder_backend_scores_its_own_collection(scifact_subset, settings):
+def test_eval_with_another_encoder_backend_scores_its_own_collection(scifact_subset, torch_run):
     """Each backend's vectors go to a collection of their own, and its queries are embedded by the same backend."""
-    torch_run = evaluate(data_dir=str(scifact_subset), options={"embed_backend": "torch"})
     onnx_run = evaluate(data_dir=str(scifact_subset), options={"embed_backend": "onnx"})
     assert torch_run["collection"].startswith("beir_scifact_subset")
     assert onnx_run["collection"] == torch_run["collection"] + "_onnx"
+    assert onnx_run["chunks"] == torch_run["chunks"]
     # The same function, exported: the same ranking to within float noise.
     assert abs(onnx_run["ndcg@10"] - torch_run["ndcg@10"]) < 0.002
