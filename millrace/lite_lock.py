@@ -109,7 +109,7 @@ def _describe(fd: int, command: str | None, url: str) -> None:
     os.pwrite(fd, note.encode(), 0)
 
 
-def start_lite(lite_uri: str) -> None:
+def start_lite(lite_uri: str, listen_timeout_s: float = 60.0) -> None:
     """Start milvus-lite's server for this file under our lock, so the MilvusClient that follows finds it running.
 
     A start refused by milvus-lite's own lock (a program other than Millrace has the file open) is disarmed before it
@@ -128,6 +128,11 @@ def start_lite(lite_uri: str) -> None:
         except RuntimeError as exc:  # a file name milvus-lite does not take (it says which)
             raise ConfigError(f"cannot open Milvus Lite data {lite_uri}: {exc}") from None
         if server.init() and server.start():
+            try:
+                _wait_listening(server, lite_uri, listen_timeout_s)
+            except ConfigError:
+                server.stop()  # ours, started above: a later open starts afresh instead of finding a dead one
+                raise
             manager._servers[key] = server
             return
         if server._lock_fd is not None:
@@ -138,3 +143,27 @@ def start_lite(lite_uri: str) -> None:
                       "has it open, or the file is not a Milvus Lite database). Milvus Lite lets one process open its "
                       "data: stop that program, or run a Milvus server (`make server`) and set "
                       "MILLRACE_MILVUS_URI=http://127.0.0.1:19530")
+
+
+def _wait_listening(server, lite_uri: str, timeout_s: float) -> None:
+    """Until the server accepts connections on its socket. milvus-lite's start() returns once the process has lived
+    0.5 s, and pymilvus' first call (Connect) fails at once, whatever its timeout, while nothing listens yet: on a
+    loaded machine a cold start (a ~200 MB binary, the data file opened) takes longer than that."""
+    import socket
+
+    path = server.uds_path.removeprefix("unix:")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+                return
+            except OSError:  # not created yet, or nobody accepting on it yet
+                pass
+        code = server._p.poll() if server._p is not None else None
+        if code is not None or time.monotonic() > deadline:
+            why = f"its server exited with code {code}" if code is not None else \
+                f"its server did not listen within {timeout_s:.0f} s"
+            raise ConfigError(f"cannot open Milvus Lite data {lite_uri}: {why} (its log is on this process's "
+                              "stderr); check the file is a Milvus Lite database and the disk has room")
+        time.sleep(0.05)

@@ -72,9 +72,9 @@ def pymilvus():
 # without data, so a connection idle through a long embedding batch got GOAWAY "too_many_pings" and the next write
 # failed once (UNAVAILABLE) into a retry. Ping only while a call is in flight.
 LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 60_000}
-# How long to wait for the Lite server this process just started to accept connections. pymilvus waits 10 s; a cold
-# start (its ~200 MB binary read from disk, the data file opened) on a loaded 2-core machine took longer (2026-12-04),
-# and the server is known to be running (milvus-lite's start saw it alive after 0.5 s), so waiting costs nothing.
+# How long to wait for the Lite server this process just started to listen (start_lite) and answer. A cold start (its
+# ~200 MB binary read from disk, the data file opened) on a loaded 2-core machine took over pymilvus' 10 s
+# (2026-12-04), and the server is known to be running, so waiting costs nothing.
 LITE_CONNECT_TIMEOUT_S = 60.0
 
 
@@ -86,7 +86,8 @@ def connect(settings: Settings):
     uri = settings.resolved_milvus_uri
     if settings.milvus_is_lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        start_lite(uri)  # our lock first (LiteHeld names the holder), then milvus-lite's server; never retried
+        # our lock first (LiteHeld names the holder), then milvus-lite's server, listening; never retried
+        start_lite(uri, LITE_CONNECT_TIMEOUT_S)
         try:
             return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS, timeout=LITE_CONNECT_TIMEOUT_S)
         except MilvusException as exc:

@@ -151,3 +151,41 @@ def test_a_start_refused_by_milvus_lite_leaves_its_lock_file_alone(tmp_path):
     opened = subprocess.run([sys.executable, "-c", MILLRACE_OPEN, str(db)], capture_output=True, text=True,
                             timeout=120)
     assert opened.returncode == 0 and "opened" in opened.stdout, opened.stdout + opened.stderr
+
+
+def _late_binary(monkeypatch, tmp_path, script: str) -> None:
+    """milvus-lite's own server binary, started through a shell that first runs `script`: a cold start on a loaded
+    machine, where the process lives past milvus-lite's 0.5 s check long before it listens."""
+    from milvus_lite.server import Server
+
+    real = Server.milvus_bin.fget
+    wrapper = tmp_path / "late-milvus"
+
+    def late(server) -> str:
+        wrapper.write_text(f'#!/bin/sh\n{script}\nexec "{real(server)}" "$@"\n')
+        wrapper.chmod(0o755)
+        return str(wrapper)
+
+    monkeypatch.setattr(Server, "milvus_bin", property(late))
+
+
+@pytest.mark.integration
+def test_a_lite_server_slow_to_listen_is_waited_for(tmp_path, monkeypatch):
+    """pymilvus' first call fails at once while nothing listens, whatever its timeout: the first test of a full run
+    on a loaded machine failed so ("Fail connecting to server on unix:..."), twice in a day."""
+    from millrace.config import load_settings
+    from millrace.milvus_connect import connect
+
+    _late_binary(monkeypatch, tmp_path, "sleep 3")
+    client = connect(load_settings(home=tmp_path / "home"))
+    assert client.list_collections() == []
+
+
+@pytest.mark.integration
+def test_a_lite_server_that_dies_before_listening_is_a_clear_error(tmp_path, monkeypatch):
+    from millrace.config import ConfigError, load_settings
+    from millrace.milvus_connect import connect
+
+    _late_binary(monkeypatch, tmp_path, "sleep 1; exit 7")
+    with pytest.raises(ConfigError, match="its server exited with code 7"):
+        connect(load_settings(home=tmp_path / "home"))
