@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import resource
 import sys
@@ -22,7 +23,7 @@ from prefect.utilities.annotations import quote
 
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
-from flows.runner import WarmCluster, dask_task_runner
+from flows.runner import WarmCluster, dask_task_runner, keep_workers
 from millrace import clients, pipeline, staging, telemetry, versions
 from millrace import plan as planning
 from millrace.config import Settings
@@ -34,6 +35,9 @@ from millrace.records import BatchResult, Failure, SourceObject
 from millrace.warmup import warm_up, warm_up_dim
 from millrace.sources import canonical_source_uri
 from tasks.ingest import commit_run, imported, list_source, process_batch, rollback_run, write_batch
+
+# How often a wait for a batch looks for workers of the run's own cluster that are gone for good (flows.runner).
+WORKERS_CHECK_S = 30.0
 
 
 class ReconciliationError(RuntimeError):
@@ -206,13 +210,13 @@ def _process(source: str, plan: planning.Plan, settings: Settings, run_id: str, 
     if runner is not None:  # a draining run's: started and warmed up once for all its rounds
         store.ensure_collection(runner.dim, model_id(settings))
         _stream(source, plan, settings, run_id, version, lease, stats, phases, runner.runner.submit, runner.slots,
-                artifacts, before_staging)
+                artifacts, before_staging, functools.partial(keep_workers, runner.runner))
         return
     with dask_task_runner(settings) as dask_runner:
         warm = warm_cluster(dask_runner, settings, extractor=not is_jsonl(source))  # records need no Tika
         phases["start_workers"] = time.perf_counter() - t
         _stream(source, plan, settings, run_id, version, lease, stats, phases, dask_runner.submit, warm.slots,
-                artifacts, before_staging)
+                artifacts, before_staging, functools.partial(keep_workers, dask_runner))
 
 
 def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmCluster:
@@ -227,7 +231,7 @@ def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmClus
 
 def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
             stats: RunStats, phases: dict[str, float], submit, slots: int, artifacts: bool = True,
-            before_staging: Callable[[], None] | None = None) -> None:
+            before_staging: Callable[[], None] | None = None, keep: Callable[[], int] | None = None) -> None:
     log = get_run_logger()
     store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
@@ -264,7 +268,7 @@ def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, v
     while in_flight:
         i, batch, died, pending = in_flight.popleft()
         try:
-            result = pending.result() if submit else process_batch(**pending)
+            result = _outcome(pending, keep) if submit else process_batch(**pending)
         except KilledWorker as exc:  # every worker that ran it died (a JVM crash, OOM): one document is the cause
             died += exc.allowed_failures + 1
             if len(batch) > 1:
@@ -316,3 +320,17 @@ def peak_rss_mb() -> float:
 
 def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
+def _outcome(pending, keep: Callable[[], int] | None, check_s: float = WORKERS_CHECK_S):
+    """A batch's result. While waiting, `keep` (flows.runner.keep_workers) starts again any worker of the run's own
+    cluster that its nanny gave up on: the batch would otherwise wait for a worker that never comes."""
+    while True:
+        try:
+            return pending.result(timeout=check_s if keep else None)
+        except TimeoutError:
+            if pending.wrapped_future.done():  # the batch's own error, not the wait's
+                return pending.result()
+            if missing := keep():
+                get_run_logger().warning("%d worker process(es) of this run's Dask cluster had stopped for good (their "
+                                         "nanny could not restart them in time); started again", missing)

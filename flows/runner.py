@@ -34,6 +34,22 @@ def local_cluster(**kwargs) -> distributed.LocalCluster:
         return distributed.LocalCluster(**kwargs)
 
 
+def keep_workers(runner: DaskTaskRunner) -> int:
+    """Start again the workers of the run's own LocalCluster that are gone for good, and say how many there were.
+
+    A nanny restarts its worker when the process dies (a JVM crash, an OOM kill), but gives up when the new one does
+    not come up in time (a loaded machine: model, JVM and warm-up in every start), and closes. Its cluster then has
+    fewer workers than it was asked for, none at all with one worker, and the run's tasks wait for ever. A
+    configured scheduler's workers are its operator's to keep: nothing is done there."""
+    cluster = getattr(runner.client, "cluster", None)
+    if not isinstance(cluster, distributed.SpecCluster) or cluster.status.name != "running":
+        return 0
+    missing = len(set(cluster.worker_spec) - set(cluster.workers))
+    if missing:
+        cluster.scale(len(cluster.worker_spec))  # opens what the spec names and the cluster lacks
+    return missing
+
+
 def local_layout(settings: Settings, cores: int | None = None) -> tuple[int, int]:
     """Worker processes and threads per worker for a LocalCluster.
 
