@@ -29,7 +29,7 @@ from pydantic import Field
 from blocks import load_settings
 from flows.ingest import finish, ingest_steps, run_ingest, warm_cluster
 from flows.runner import WarmCluster, dask_task_runner
-from millrace import clients, versions
+from millrace import clients, lite_index, versions
 from millrace.config import Settings
 from millrace.changequeue import Entry, entry_key
 from millrace.drain import LEASE_SOURCE, Settled, by_source, settle
@@ -75,6 +75,7 @@ def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
                 if settings.dask_address and not cluster:  # the standing cluster: connected and warmed once
                     cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
                 _rounds(settings, run_id, lease, cluster, held, totals, progress, started, stop, wake)
+                lite_index.reindex_if_due(settings, log.info, log.warning)  # rounds all committed, lease still held
             # The relay sends no wake-ups while this run holds the lease (millrace.drain.draining): a change queued
             # after the last look but before the release would wait for the sweep. Look once more, lease released.
             if (stop and stop.is_set()) or time.monotonic() - started >= settings.drain_max_run_s \

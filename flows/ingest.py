@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import WarmCluster, dask_task_runner, keep_workers
-from millrace import clients, pipeline, staging, telemetry, versions
+from millrace import clients, lite_index, pipeline, staging, telemetry, versions
 from millrace import plan as planning
 from millrace.config import Settings
 from millrace.embed import model_id
@@ -126,6 +126,7 @@ def ingest_steps(source: str, settings: Settings, retry_failed: bool = False,
     # a rebuild's own ingests (`physical`: its new collection) re-enter its lease with its run id.
     lease = Lease(ledger, logical, lease_id, f"ingest of {scope.describe()}", settings.lease_ttl_s,
                   settings.lease_wait_s, on_wait=log.warning)
+    named = settings  # the logical name's settings: `settings` is the physical collection's below
     with lease, versions.writing(settings, physical) as settings:
         if physical is not None:  # one source of a rebuild: a run (ledger row, listing, staging) of its own
             run_id = str(uuid.uuid4())
@@ -177,6 +178,9 @@ def ingest_steps(source: str, settings: Settings, retry_failed: bool = False,
                        phase_seconds={k: round(v, 3) for k, v in phases.items()}, peak_rss_mb=peak_rss_mb())
         ledger.record_run(collection, source, check, {k: v for k, v in summary.items() if k != "failures"}, run_id,
                           scope.model_dump())
+        if physical is None and round_id is None and check["ok"]:  # a drain looks once, at its end (flows.drain)
+            if (moved := lite_index.reindex_if_due(named, log.info, log.warning)) is not None:
+                summary["reindexed"] = moved
     if artifacts:
         create_markdown_artifact(key=f"ingest-{_key(collection)}", markdown=ingest_report(summary),
                                  description=f"ingest of {scope.describe()}")

@@ -10,7 +10,7 @@ import numpy as np
 
 from millrace.config import ConfigError, Settings
 from millrace.milvus_connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
-                                     SERVER_INDEXES, choose_index, connect, pymilvus)
+                                     SERVER_INDEXES, build_params, choose_index, connect, pymilvus, search_params)
 from millrace.records import Chunk, Hit
 from millrace.retry import is_transient, with_retries
 
@@ -59,6 +59,7 @@ class MilvusStore:
         self.index_type = choose_index(settings)
         self._full_text: bool | None = None
         self._described: dict | None = None  # describe_collection of an existing collection (schema does not change)
+        self._dense: dict | None = None  # search parameters of its vector index as built
 
     def _call(self, op: str, *args, **kwargs):
         """One Milvus call through the one retry layer (pymilvus' own retries off, see NO_CLIENT_RETRY)."""
@@ -119,7 +120,7 @@ class MilvusStore:
     def exists(self) -> bool:
         found = bool(self._call("has_collection", self.collection))
         if not found:
-            self._described = self._full_text = None  # dropped (or never there): forget what it was
+            self._described = self._full_text = self._dense = None  # dropped (or never there): forget what it was
         return found
 
     def ensure_collection(self, dim: int, model: str | None = None) -> None:
@@ -163,7 +164,7 @@ class MilvusStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type=self.index_type, metric_type=self.settings.milvus_metric,
-                        params=_BUILD.get(self.index_type, {}))
+                        params=build_params(self.index_type, self.settings.milvus_nlist))
         if full_text:
             schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
             schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
@@ -180,7 +181,22 @@ class MilvusStore:
                                           consistency_level="Strong", **NO_CLIENT_RETRY)
 
         with_retries(create, self.settings.retry_delays, what=f"Milvus create_collection {self.collection}")
-        self._described, self._full_text = None, full_text
+        self._described, self._full_text, self._dense = None, full_text, None
+
+    def vector_index(self) -> dict:
+        """The vector field's index as Milvus describes it (type, nlist, ...)."""
+        return self._call("describe_index", self.collection, "vector")
+
+    def dense_params(self) -> dict:
+        """Search parameters for the index the collection has, which is not always the configured one (Milvus Lite
+        re-indexes a collection by size: millrace.lite_index); read once, on the first search."""
+        if self._dense is None:
+            try:
+                params = search_params(self.vector_index())
+            except Exception:  # no collection (yet): the search says so; nothing to remember
+                return _SEARCH.get(self.index_type, {})
+            self._dense = params
+        return self._dense
 
     def upsert(self, chunks: Iterable[Chunk], batch: int = 500, stored: set[str] | None = None) -> int:
         """Write chunks by primary key. With `stored` (the ids the collection holds for these documents, read just
@@ -293,7 +309,7 @@ class MilvusStore:
         """Drop the collection. Milvus 2.3 drops one that an alias names without complaint: callers check first."""
         if self.exists():
             self._call("drop_collection", self.collection)
-        self._described = self._full_text = None
+        self._described = self._full_text = self._dense = None
 
     def missing(self) -> ConfigError:
         return ConfigError(f"collection {self.collection} does not exist: run `millrace ingest` first")
@@ -319,7 +335,7 @@ class MilvusStore:
         mp = pymilvus()
         vectors = [_as_vector(v) for v in vectors]  # lists, numpy rows or a 2-D array: all float32 rows
         group = {"group_by_field": "doc_id"} if group_by_doc else {}
-        dense = {"metric_type": self.settings.milvus_metric, "params": _SEARCH.get(self.index_type, {})}
+        dense = {"metric_type": self.settings.milvus_metric, "params": self.dense_params()}
         # Searches need not wait for Strong consistency (counts and reconciliation do): on a server, Strong makes
         # every search wait for the next time tick, ~200 ms (bench/query.py measured 200 ms p50 at 10k rows).
         level = {"consistency_level": consistency or self.settings.search_consistency}

@@ -35,8 +35,8 @@ from millrace.config import ConfigError, Settings
 from millrace.ledger import collections, documents, runs
 
 DEFAULT_GRACE_S = 24 * 3600.0
-# What a rebuild may change, and later ingests then keep.
-PINNABLE = ("model", "embed_backend", "chunk_size", "chunk_overlap")
+# What a rebuild may change, and later ingests then keep (the index: Lite's switch by size, millrace.lite_index).
+PINNABLE = ("model", "embed_backend", "chunk_size", "chunk_overlap", "milvus_index", "milvus_nlist")
 
 
 class CollectionVersion(BaseModel):
