@@ -22,7 +22,6 @@ from millrace import evaluate as ev
 from millrace.config import ConfigError, Settings
 from millrace.ledger import documents
 from millrace.lease import Lease
-from millrace.retry import TransientError, with_retries
 from millrace.sources import canonical_source_uri
 
 # Parameters as `= Field(default, description=...)`: Prefect 3.8 shows those descriptions in its run form (it drops
@@ -66,16 +65,8 @@ def warm_up(physical: str, queries: list[str] | None, settings: Settings, wait_s
     store = clients.milvus_store(psettings)
     store.load()
     total = store.count()  # Strong: everything written
-    # Searches run at Bounded consistency by default, which may trail the last writes by seconds: swapping before
-    # they see the whole collection would serve a partial index.
     level, started = psettings.search_consistency, time.monotonic()
-
-    def visible() -> int:
-        if (seen := store.count(consistency=level)) < total:
-            raise TransientError(f"{seen} of {total} chunks of {physical} visible at {level} consistency")
-        return seen
-
-    with_retries(visible, [1.0] * int(wait_s), what=f"visibility of {physical}", jitter=0.0)
+    versions.wait_visible(store, total, wait_s)
     if not queries:  # a few of its own chunks' openings: each must find something
         rows = store.rows(None, ["text"])
         try:

@@ -22,7 +22,6 @@ from millrace import clients, versions
 from millrace.config import Settings
 from millrace.ledger import documents, runs
 from millrace.milvus_connect import nlist_for
-from millrace.retry import TransientError, with_retries
 from millrace.store import SPARSE_FIELD
 
 IVF = "IVF_FLAT"
@@ -68,7 +67,7 @@ def reindex(settings: Settings, rows: int, grace_s: float = versions.DEFAULT_GRA
             raise ReindexError(f"copy of {old} into {new}: {copied} rows copied, {have} in Milvus, the ledger "
                                f"expects {expected}; {old} keeps serving")
         dst.load()
-        _visible(dst, have)
+        versions.wait_visible(dst, have)
         versions.swap(settings, new, grace_s)
     except BaseException:
         versions.abandon(settings, new, grace_s)
@@ -104,18 +103,6 @@ def _copy_ledger(settings: Settings, old: str, new: str) -> None:
         if done:
             conn.execute(runs.insert(), [{**{k: v for k, v in r.items() if k != "id"}, "collection": new}
                                          for r in done])
-
-
-def _visible(store, total: int, wait_s: float = 120.0) -> None:
-    """Until a reader at the serving consistency sees every row: swapping sooner would serve part of the index."""
-    level = store.settings.search_consistency
-
-    def seen() -> int:
-        if (n := store.count(consistency=level)) < total:
-            raise TransientError(f"{n} of {total} chunks of {store.collection} visible at {level} consistency")
-        return n
-
-    with_retries(seen, [1.0] * int(wait_s), what=f"visibility of {store.collection}", jitter=0.0)
 
 
 def reindex_if_due(settings: Settings, log: Callable[..., None] | None = None,

@@ -229,6 +229,21 @@ def check_swappable(settings: Settings) -> None:
             f"reads it; from then on `millrace rebuild --collection {name}_2` swaps without downtime")
 
 
+def wait_visible(store, total: int, wait_s: float = 120.0) -> None:
+    """Until a reader at the serving consistency sees all `total` rows of a new collection. Searches run at Bounded
+    consistency by default, which may trail the last writes by seconds: a swap sooner would serve part of it."""
+    from millrace.retry import TransientError, with_retries
+
+    level = store.settings.search_consistency
+
+    def seen() -> int:
+        if (n := store.count(consistency=level)) < total:
+            raise TransientError(f"{n} of {total} chunks of {store.collection} visible at {level} consistency")
+        return n
+
+    with_retries(seen, [1.0] * int(wait_s), what=f"visibility of {store.collection}", jitter=0.0)
+
+
 def swap(settings: Settings, physical: str, grace_s: float = DEFAULT_GRACE_S) -> str | None:
     """Make `physical` the active collection: on a server one alter_alias, then the ledger. The one it replaces
     becomes `previous`, kept `grace_s` for a rollback. Returns that one (None if there was none)."""
