@@ -7,7 +7,7 @@ The vectors: 384-d points around real embeddings (SciFact passages, the packaged
 its passage, so that neighbourhoods have the structure of a text collection; the queries are SciFact's queries,
 embedded. Uniform random vectors would have none, and no IVF index helps there.
 
-    python bench/lite_index.py --scifact ../shared/data/scifact            # 10k,100k,1M: ~25 min on 2 cores"""
+    python bench/lite_index.py --scifact ../shared/data/scifact --sizes 10000,100000   # ~10 min on 2 cores"""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tqdm import tqdm
 from _util import table, write
 
 NOISE_COS = 0.8  # cosine of a synthetic vector to its passage
+SWEEP = (64, 32, 16, 8, 4)  # shares of the IVF lists searched, besides the store's own choice
 
 
 def embed_scifact(folder: Path, passages: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +94,11 @@ def main() -> None:
         for size in sorted(int(s) for s in args.sizes.split(",")):
             flat = clients.milvus_store(base.model_copy(update={"milvus_index": "FLAT"}), f"flat_{size}")
             flat.ensure_collection(384)
-            for start in tqdm(range(len(data), size, 1000), desc=f"grow to {size:,}", unit="k rows"):
-                data = np.vstack([data, vectors(anchors, start, min(1000, size - start))])
+            grown = np.empty((size, 384), dtype=np.float32)  # sizes are cumulative: the rows so far, then more
+            grown[:len(data)] = data
+            for start in tqdm(range(len(data), size, 10000), desc=f"grow to {size:,}", unit="10k rows"):
+                grown[start:start + 10000] = vectors(anchors, start, min(10000, size - start))
+            data = grown
             for start in tqdm(range(0, size, 1000), desc=f"insert {size:,} (FLAT)", unit="k rows"):
                 flat._write("insert", rows(data[start:start + 1000], start))
             flat.load()
@@ -106,18 +110,23 @@ def main() -> None:
                                        f"ivf_{size}")
             t = time.perf_counter()
             ivf.ensure_collection(384)
-            copied = lite_index._copy_rows(flat, ivf)  # the copy the switch makes
+            copied = lite_index.copy_rows(flat, ivf)  # the copy the switch makes
             ivf.load()
             ivf.search_many([queries[0]], [""], 10)  # the index is built by the time a search answers
             build_s = round(time.perf_counter() - t, 1)
-            r_ivf = measure(ivf, queries, truth)
+            r_ivf = measure(ivf, queries, truth)  # nprobe as the store reads it from the index (nprobe_for)
+            sweep = {}
+            for share in SWEEP:  # other shares of the lists: does nprobe move recall at all?
+                ivf._dense = {"nprobe": min(nlist, max(16, -(-nlist // share)))}
+                sweep[f"1/{share}"] = {"nprobe": ivf._dense["nprobe"], **measure(ivf, queries, truth)}
+            ivf._dense = None
             flat.drop()  # memory of the IVF collection alone
             time.sleep(2)
             mem_ivf = lite_rss_mb()
             ivf.drop()
             results.append({"vectors": size, "flat": r_flat, "ivf": r_ivf, "nlist": nlist, "nprobe": nprobe_for(nlist),
-                            "copied": copied, "copy_and_build_s": build_s, "lite_rss_mb_flat": mem_flat,
-                            "lite_rss_mb_ivf": mem_ivf})
+                            "copied": copied, "copy_and_build_s": build_s, "nprobe_sweep": sweep,
+                            "lite_rss_mb_flat": mem_flat, "lite_rss_mb_ivf": mem_ivf})
             print(results[-1], flush=True)
     print(table([{"vectors": f"{r['vectors']:,}", "FLAT p50": r["flat"]["p50_ms"], "FLAT p99": r["flat"]["p99_ms"],
                   "IVF p50": r["ivf"]["p50_ms"], "IVF p99": r["ivf"]["p99_ms"], "IVF recall@10": r["ivf"]["recall@10"],

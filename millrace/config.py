@@ -26,11 +26,13 @@ class Settings(BaseSettings):
     milvus_uri: str = ""  # empty: Milvus Lite file under home
     milvus_token: SecretStr = SecretStr("")
     milvus_db: str = ""
-    milvus_index: str = ""  # empty: FLAT on Lite (IVF_FLAT past lite_ivf_rows), HNSW on a server
+    milvus_index: str = ""  # empty: FLAT on Lite (IVF_FLAT past lite_ivf_rows, when set), HNSW on a server
     milvus_nlist: int = 0  # lists of an IVF index; 0: 128 (Lite's size switch sets it from the row count)
-    # Milvus Lite scans a FLAT index, ~0.2 ms per 1,000 vectors: a collection left on the default index that has
-    # grown past this many chunks is copied into an IVF_FLAT collection and swapped in (millrace.lite_index); 0: never.
-    lite_ivf_rows: int = 100_000
+    # Milvus Lite scans a FLAT index, ~0.2 ms per 1,000 vectors. Set, a collection left on the default index that has
+    # grown past this many chunks is copied into an IVF_FLAT collection and swapped in (millrace.lite_index). 0, the
+    # default: never, because milvus-lite 2.5.1 ignores nlist and nprobe and its IVF_FLAT gave recall@10 0.817 at
+    # 100,000 vectors (BENCHMARKS.md "Milvus Lite by size"): 12 x faster, but it misses one neighbour in five.
+    lite_ivf_rows: int = 0
     milvus_metric: str = "COSINE"
     # BM25 full-text field next to the vectors (hybrid search): auto = where the engine has it (Lite, Milvus >= 2.5)
     full_text: str = "auto"

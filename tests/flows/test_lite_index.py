@@ -56,7 +56,7 @@ def test_a_lite_collection_past_the_threshold_moves_to_ivf_under_searches(sample
     served = [c for _, c in loop.results]
     assert set(served) == {logical, new} and served == sorted(served, key=lambda c: c == new)
     after = {q: [h.chunk_id for h in Retriever(settings).search(q, k=3, mode="dense")] for q in QUERIES}
-    assert after == before  # every list probed: the same neighbours as the flat scan
+    assert after == before  # a collection this small is searched exhaustively: the flat scan's neighbours
 
     # The index is pinned for the new collection: later runs write it, and neither copy again nor change a thing.
     third = ingest(source=str(sample_dir), collection=logical)
@@ -69,7 +69,12 @@ def test_a_lite_collection_past_the_threshold_moves_to_ivf_under_searches(sample
     assert clients.milvus_store(settings, logical).count() == rows  # the FLAT one is not written any more
 
 
-def test_an_index_the_user_chose_is_kept_however_large(sample_dir, settings, monkeypatch):
+def test_an_index_the_user_chose_is_kept_however_large_and_the_default_never_moves(sample_dir, settings,
+                                                                                 monkeypatch):
+    monkeypatch.delenv("MILLRACE_LITE_IVF_ROWS", raising=False)
+    default = ingest(source=str(sample_dir), collection=settings.collection)
+    assert default["reconciled"] and "reindexed" not in default  # off unless set: Lite 2.5.1's IVF costs recall
+
     monkeypatch.setenv("MILLRACE_LITE_IVF_ROWS", "1")
     monkeypatch.setenv("MILLRACE_MILVUS_INDEX", "FLAT")  # said by the user: kept, however large
     chosen = ingest(source=str(sample_dir), collection=settings.collection)
