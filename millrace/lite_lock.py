@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -149,8 +150,6 @@ def _wait_listening(server, lite_uri: str, timeout_s: float) -> None:
     """Until the server accepts connections on its socket. milvus-lite's start() returns once the process has lived
     0.5 s, and pymilvus' first call (Connect) fails at once, whatever its timeout, while nothing listens yet: on a
     loaded machine a cold start (a ~200 MB binary, the data file opened) takes longer than that."""
-    import socket
-
     path = server.uds_path.removeprefix("unix:")
     deadline = time.monotonic() + timeout_s
     while True:

@@ -20,6 +20,8 @@ _SEARCH = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe":
            "SCANN": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16},
            "GPU_CAGRA": {"itopk_size": 64}}
 IVF_INDEXES = {"IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN", "GPU_IVF_FLAT", "GPU_IVF_PQ"}
+# 1 / the share of an IVF index's lists a search visits (see nprobe_for).
+NPROBE_SHARE = 32
 
 
 def build_params(index_type: str, nlist: int = 0) -> dict:
@@ -39,10 +41,6 @@ def nprobe_for(nlist: int) -> int:
     """IVF lists searched per query: a fixed share of them, so recall does not fall as the index grows (nprobe 16
     of 4,000 lists searches 0.4 % of a million vectors). bench/lite_index.py measures recall@10 against FLAT."""
     return int(min(nlist, max(16, -(-nlist // NPROBE_SHARE))))
-
-
-# 1 / the share of an IVF index's lists a search visits (see nprobe_for).
-NPROBE_SHARE = 32
 
 
 def search_params(index: dict) -> dict:

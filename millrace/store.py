@@ -191,11 +191,11 @@ class MilvusStore:
         """Search parameters for the index the collection has, which is not always the configured one (Milvus Lite
         re-indexes a collection by size: millrace.lite_index); read once, on the first search."""
         if self._dense is None:
-            try:
-                params = search_params(self.vector_index())
-            except Exception:  # no collection (yet): the search says so; nothing to remember
+            try:  # one try, not the retry layer's: with Milvus down the search itself waits out the retries once
+                index = self.client.describe_index(self.collection, "vector", **NO_CLIENT_RETRY)
+            except Exception:  # no collection (yet), or no Milvus: the search says which; nothing to remember
                 return _SEARCH.get(self.index_type, {})
-            self._dense = params
+            self._dense = search_params(index)
         return self._dense
 
     def upsert(self, chunks: Iterable[Chunk], batch: int = 500, stored: set[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from millrace import clients
 from millrace.config import ConfigError, Settings
 from millrace.ledger import collections, documents, runs
+from millrace.retry import TransientError, with_retries
 
 DEFAULT_GRACE_S = 24 * 3600.0
 # What a rebuild may change, and later ingests then keep (the index: Lite's switch by size, millrace.lite_index).
@@ -232,8 +233,6 @@ def check_swappable(settings: Settings) -> None:
 def wait_visible(store, total: int, wait_s: float = 120.0) -> None:
     """Until a reader at the serving consistency sees all `total` rows of a new collection. Searches run at Bounded
     consistency by default, which may trail the last writes by seconds: a swap sooner would serve part of it."""
-    from millrace.retry import TransientError, with_retries
-
     level = store.settings.search_consistency
 
     def seen() -> int:
