@@ -3,6 +3,7 @@ into an IVF_FLAT collection and swaps it in, under searches that never fail nor 
 re-embedded, duplicated or lost, and the next runs neither copy again nor change a thing."""
 
 import time
+from urllib.parse import unquote
 
 import pytest
 
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.integration
 
 def test_a_lite_collection_past_the_threshold_moves_to_ivf_under_searches(sample_dir, settings, monkeypatch):
     monkeypatch.setenv("MILLRACE_LITE_IVF_ROWS", "0")  # never: the first run builds the FLAT collection
+    messy = sample_dir / "Q3 réunion #2 + notes" / "café menu (final).md"  # copied by content, whatever its name
+    messy.parent.mkdir()
+    messy.write_text("# Café menu\n\nThe flat white costs four euros; the croissant comes with apricot jam.\n")
     logical = settings.collection
     first = ingest(source=str(sample_dir), collection=logical)
     assert first["reconciled"] and "reindexed" not in first and first["collection"] == logical
@@ -49,6 +53,8 @@ def test_a_lite_collection_past_the_threshold_moves_to_ivf_under_searches(sample
     assert ivf.dense_params() == {"nprobe": nprobe_for(nlist_for(rows))}
     assert ivf.count() == rows == flat.count()  # the old one is kept, whole, for a rollback
     assert ivf.chunk_ids() == flat.chunk_ids()
+    hit = Retriever(settings).search("how much is a flat white", k=1, mode="dense")[0]
+    assert hit.collection == new and unquote(hit.source_uri).endswith("Q3 réunion #2 + notes/café menu (final).md"), hit
     ledger = clients.ledger(settings)
     assert ledger.counts(new) == ledger.counts(logical) and ledger.chunk_total(new) == rows
 
