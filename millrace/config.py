@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # torch | onnx | onnx-int8 | openvino (millrace.encoders), or auto: the fastest CPU backend that passed the SciFact
     # quality gate (millrace.embed.DEFAULT_CPU_BACKEND; BENCHMARKS.md), and torch fp16 on a GPU.
     embed_backend: str = "auto"
+    # Where the onnx/openvino exports of a model are cached, keyed by the digest of its files; empty: <home>/models.
+    # Several homes on one machine (tests, one home per collection) can share one export.
+    model_cache: str = ""
     # 0: 8 on CPU, where small batches keep activations in cache (bench/ingest.py sweeps it), 128 on a GPU.
     embed_batch_size: int = 0
     embed_threads: int = 0  # torch threads per process; 0: the Dask worker's thread count

@@ -8,8 +8,11 @@ because every Dask worker of a first run asks for it at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +65,7 @@ def exported(model_dir: Path, cache_dir: Path, backend: str) -> Path:
     from filelock import FileLock
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_dir / ".export.lock")):
+    with FileLock(str(cache_dir / ".export.lock")), _quiet_export():
         if target.exists():  # another process exported it while we waited
             return target
         fp32 = cache_dir / _FILES["onnx"]
@@ -87,12 +90,29 @@ def exported(model_dir: Path, cache_dir: Path, backend: str) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _quiet_export():
+    """The tracer's and the quantiser's advice (TracerWarning, "consider pre-processing") is for whoever writes an
+    exporter, not for someone starting `make demo`: kept off the terminal while the export runs."""
+    root = logging.getLogger()
+    muted = logging.Filter("millrace")  # passes only records of loggers named millrace*: the quantiser's are not
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.addFilter(muted)
+        try:
+            yield
+        finally:
+            root.removeFilter(muted)
+
+
 def _export_onnx(model_dir: Path, out: Path) -> None:
     import inspect
 
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(model.forward).parameters:
@@ -126,7 +146,7 @@ class ExportedEncoder:
     def __init__(self, model_dir: Path, path: Path, backend: str, threads: int):
         from tokenizers import Tokenizer
 
-        self.recipe, self.backend = recipe(model_dir), backend
+        self.recipe, self.backend, self.threads = recipe(model_dir), backend, threads
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.recipe.max_length)
         pad = _pad_token(model_dir)

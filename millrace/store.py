@@ -114,6 +114,10 @@ class MilvusStore:
             self._full_text = any(f["name"] == SPARSE_FIELD for f in self.describe()["fields"])
         return bool(self._full_text)
 
+    def full_text_known(self) -> bool:
+        """Whether has_full_text() would answer without asking Milvus."""
+        return self._full_text is not None
+
     def close(self) -> None:
         self.client.close()
 

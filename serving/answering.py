@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import numpy as np
-from anyio import to_thread
 
 from millrace import telemetry
 from serving.citations import CitationFilter
@@ -70,7 +69,7 @@ class AnswerService:
         llm = self.require_llm()
         timer = Timer()
         snap = await self.retrieval.snapshot()
-        mode = await to_thread.run_sync(self.retrieval.mode, snap, mode)
+        mode = await self.retrieval.mode(snap, mode)
         params = {**params, "max_tokens": max_tokens}
         model = await llm.model()
         job = Job(snap, timer, params=params)

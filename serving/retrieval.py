@@ -5,15 +5,16 @@ worker threads, and results cached under the index version."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from anyio import to_thread
 
 from millrace import clients, telemetry, versions
 from millrace.config import ConfigError
+from millrace.ledger_watch import LedgerWatch
 from millrace.sources import canonical_source_uri, s3_uri
 from millrace.store import MilvusStore
 from serving.batcher import MicroBatcher
@@ -23,6 +24,9 @@ from serving.errors import ServingError
 from serving.metrics import Metrics
 from serving.retrieve import Retriever
 from serving.schemas import Filter, Passage
+
+
+ALIAS_TTL_S = 1.0
 
 
 @dataclass
@@ -70,6 +74,11 @@ class RetrievalService:
         self.retriever = Retriever(settings)
         self.ledger = clients.ledger(settings)
         self._batchers: dict[str, MicroBatcher] = {}
+        self.watch = LedgerWatch(settings.resolved_ledger_url)
+        # The last snapshot, the ledger's token it was read under, and when (monotonic): reused while nothing has
+        # committed to the ledger. On a server the alias is Milvus' own state, so there it is also read again at
+        # least once a second (a swap that an operator makes by hand is seen within that second).
+        self._last: tuple[Snapshot, int, float] | None = None
 
     @staticmethod
     def serving_collection(settings: ServeSettings) -> str:
@@ -78,6 +87,7 @@ class RetrievalService:
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
+        self.watch.close()
 
     async def _io(self, fn, *args):
         return await to_thread.run_sync(fn, *args)
@@ -89,12 +99,23 @@ class RetrievalService:
     async def snapshot(self) -> Snapshot:
         t0 = time.perf_counter()
         try:
-            return await self._io(self._snapshot)
+            # The token is read before the ledger: a commit between the two makes the next token differ, so a
+            # snapshot is never kept past a commit it did not see.
+            token = self.watch.token()
+            if token is not None and self._last is not None and self._last[1] == token and (
+                    not versions.has_aliases(self.settings) or time.monotonic() - self._last[2] < ALIAS_TTL_S):
+                return self._last[0]
+            snap = await self._io(self._snapshot)
+            self._last = (snap, token, time.monotonic()) if token is not None else None
+            return snap
         finally:
             self.metrics.observe("index_version", time.perf_counter() - t0)
 
-    def mode(self, snap: Snapshot, mode: str) -> str:
-        return self.retriever.mode(mode, snap.store)
+    async def mode(self, snap: Snapshot, mode: str | None) -> str:
+        """The search mode; a thread hop only the first time `auto` asks whether the collection has BM25."""
+        if (mode or self.settings.search_mode) != "auto" or snap.store.full_text_known():
+            return self.retriever.mode(mode, snap.store)
+        return await self._io(self.retriever.mode, mode, snap.store)
 
     async def embed(self, snap: Snapshot, query: str) -> np.ndarray:
         """The query vector with the model of the collection serving now; a model mismatch is refused (409)."""
@@ -158,14 +179,14 @@ class RetrievalService:
         return await self._verified(snap, kind, "exact", raw)
 
     async def _verified(self, snap: Snapshot, kind: str, cache: str, raw: bytes | None) -> dict | None:
-        value = json.loads(raw) if raw else None
+        value = orjson.loads(raw) if raw else None
         if value is not None and not await self.still_served(snap, value.get("doc_ids", [])):
             value = None
         self.metrics.cache.labels(f"{cache}_{kind}", "hit" if value is not None else "miss").inc()
         return value
 
     async def remember(self, snap: Snapshot, key: str, value: dict) -> None:
-        await self._cache_call(self.cache.put, snap.version, key, json.dumps(value).encode())
+        await self._cache_call(self.cache.put, snap.version, key, orjson.dumps(value))
 
     async def semantic(self, snap: Snapshot, scope: str, vector: np.ndarray) -> dict | None:
         if not self.settings.semantic_cache:
@@ -176,7 +197,7 @@ class RetrievalService:
 
     async def remember_semantic(self, snap: Snapshot, scope: str, vector: np.ndarray, value: dict) -> None:
         if self.settings.semantic_cache:
-            await self._cache_call(self.cache.semantic_put, snap.version, scope, vector, json.dumps(value).encode())
+            await self._cache_call(self.cache.semantic_put, snap.version, scope, vector, orjson.dumps(value))
 
 
 def request_key(*parts) -> str:

@@ -6,7 +6,6 @@ import json
 import time
 from typing import Any, AsyncIterator
 
-from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
@@ -76,7 +75,7 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     mark = await watermark.current(svc.settings)  # read before searching, so it never claims more than was seen
     r = svc.retrieval
     snap = await r.snapshot()
-    mode = await to_thread.run_sync(r.mode, snap, body.mode)
+    mode = await r.mode(snap, body.mode)
     key = request_key("search", body.query, k, mode, body.filter.model_dump(exclude_none=True) if body.filter else None)
     if (hit := await r.cached(snap, "search", key)) is not None:
         return SearchResponse(query=body.query, mode=mode, hits=[Passage(**h) for h in hit["hits"]],
@@ -87,7 +86,9 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     t1 = time.perf_counter()
     hits = await r.search(snap, body.query, vector, k, mode, body.filter)
     t2 = time.perf_counter()
-    await r.remember(snap, key, {"hits": [h.model_dump() for h in hits], "doc_ids": sorted({h.doc_id for h in hits})})
+    if svc.settings.cache:  # the entry is built only where it is kept
+        await r.remember(snap, key, {"hits": [h.model_dump() for h in hits],
+                                     "doc_ids": sorted({h.doc_id for h in hits})})
     return SearchResponse(query=body.query, mode=mode, hits=hits, index_version=snap.version,
                           collection=snap.store.collection,
                           timings_ms={"embed": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +18,12 @@ import pytest
 from millrace import quiet
 
 quiet.apply()
+
+# Every test has its own MILLRACE_HOME; the default encoder's ONNX export (~7 s) is made once per session instead of
+# once per home. Set beforehand, a developer's own cache is used (and kept).
+if "MILLRACE_MODEL_CACHE" not in os.environ:
+    os.environ["MILLRACE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="millrace-models-")
+    atexit.register(shutil.rmtree, os.environ["MILLRACE_MODEL_CACHE"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MILLRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))

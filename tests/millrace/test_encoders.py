@@ -50,17 +50,22 @@ def test_the_export_is_made_once_per_model_and_keyed_by_its_files(tmp_path):
     from millrace.embed import _exported_encoder
 
     home, model = tmp_path / "home", Path(resolve_model_path(Settings()))
-    _exported_encoder(Settings(home=home), model, "onnx")  # what a new process (a Dask worker) does on first use
+    in_home = Settings(home=home, model_cache="")  # the default: under MILLRACE_HOME
+    _exported_encoder(in_home, model, "onnx")  # what a new process (a Dask worker) does on first use
     [cache] = (home / "models").iterdir()
     exported = cache / "model.onnx"
     stamp = exported.stat().st_mtime_ns
-    _exported_encoder(Settings(home=home), model, "onnx")
+    _exported_encoder(in_home, model, "onnx")
     assert exported.stat().st_mtime_ns == stamp  # reused, not exported again
     copy = tmp_path / "my model"
     shutil.copytree(model, copy)
     (copy / "README.md").write_text("changed")  # other files, another model: another export
-    _exported_encoder(Settings(home=home), copy, "onnx")
+    _exported_encoder(in_home, copy, "onnx")
     assert len(list((home / "models").iterdir())) == 2
+    # MILLRACE_MODEL_CACHE: one export that homes share, keyed the same way
+    shared = tmp_path / "shared cache"
+    _exported_encoder(Settings(home=tmp_path / "other home", model_cache=str(shared)), model, "onnx")
+    assert [p.name for p in shared.iterdir()] == [cache.name] and not (tmp_path / "other home" / "models").exists()
 
 
 def test_the_backend_is_part_of_the_model_identity(tmp_path):
@@ -73,6 +78,8 @@ def test_the_backend_is_part_of_the_model_identity(tmp_path):
     with pytest.raises(ConfigError, match="on a GPU"):
         resolve_backend(Settings(embed_backend="onnx", device="cuda"))
     assert resolve_backend(Settings(embed_backend="auto", device="cuda")) == "torch"
+    # on a CPU, auto is the backend that passed the SciFact gate (BENCHMARKS.md "The quality gate")
+    assert resolve_backend(Settings(embed_backend="auto", device="cpu")) == "onnx-int8"
 
 
 def test_a_collection_refuses_vectors_of_another_backend_and_keeps_its_own(tmp_path):
