@@ -75,7 +75,7 @@ def warm_up(physical: str, queries: list[str] | None, settings: Settings, wait_s
             rows.close()  # ends the query iterator
     mode = psettings.search_mode if psettings.search_mode != "auto" else \
         ("hybrid" if store.has_full_text() else "dense")
-    vectors = clients.embedder(psettings).encode(queries)
+    vectors = clients.embedder(psettings).encode_queries(queries)
     t = time.perf_counter()
     found = store.search_many(vectors, queries, 5, mode=mode, consistency=level)
     empty = [q for q, hits in zip(queries, found) if not hits]

@@ -231,6 +231,18 @@ class Embedder:
     def batch_size(self) -> int:
         return self.settings.embed_batch_size or (128 if self.device.startswith("cuda") else 8)
 
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a text's vector depends on the texts it is encoded with: int8 activations are scaled per batch, so
+        a text moves by ~0.99 cosine with its batch-mates (BENCHMARKS.md "Encoder backends")."""
+        return getattr(self.model, "backend", "torch") == "onnx-int8"
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Query vectors that do not depend on which other queries share the call, so a question meets the same
+        neighbours whatever else the server is asked at that moment: a batch-dependent model embeds them one by one
+        (int8: ~2 ms a query)."""
+        return self.encode(texts, batch_size=1 if self.batch_dependent else None)
+
     def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Unit-norm float32 vectors, shape (len(texts), dim); numpy end to end (a list of Python floats costs ~20x
         the memory and a conversion at each stage)."""

@@ -92,7 +92,7 @@ def retrieve(store, embedder, queries: dict[str, str], modes: Iterable[str], dep
     for i in range(0, len(qids), batch):
         ids = qids[i:i + batch]
         texts = [queries[q] for q in ids]
-        vectors = embedder.encode(texts) if modes != ["bm25"] else [[0.0]] * len(texts)
+        vectors = embedder.encode_queries(texts) if modes != ["bm25"] else [[0.0]] * len(texts)
         for mode in modes:
             # Strong: scoring right after an ingest must see every chunk it wrote (server searches default to Bounded).
             found = store.search_many(vectors, texts, depth, mode=mode, group_by_doc=True, consistency="Strong")

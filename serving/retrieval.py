@@ -130,7 +130,7 @@ class RetrievalService:
             raise ServingError(404, "index", str(snap.store.missing()))
         embedder, model = self.retriever.query_embedder(snap.store.collection)
         if model not in self._batchers:
-            self._batchers[model] = MicroBatcher(embedder.encode, on_batch=self.metrics.embed_batch.observe)
+            self._batchers[model] = MicroBatcher(embedder.encode_queries, on_batch=self.metrics.embed_batch.observe)
         t0 = time.perf_counter()
         with telemetry.span("embed", model=model):
             vector = await self._batchers[model].embed(query)

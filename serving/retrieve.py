@@ -81,7 +81,7 @@ class Retriever:
             # No collection (check_model found none): said before searching, which Milvus Lite would answer with
             # an error line of its own on the terminal ("Can not find ...'s schema").
             raise store.missing()
-        return store.search(self._embedder(store.collection)[0].encode([text])[0], k, text=text, mode=mode)
+        return store.search(self._embedder(store.collection)[0].encode_queries([text])[0], k, text=text, mode=mode)
 
     def search(self, text: str, k: int = 10, mode: str | None = None) -> list[Hit]:
         store = self.resolve()

@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from millrace.config import ConfigError, Settings
 from millrace.embed import Embedder, backend_of, model_id, resolve_backend, resolve_model_path
@@ -99,3 +101,20 @@ def test_a_collection_refuses_vectors_of_another_backend_and_keeps_its_own(tmp_p
     retriever = Retriever(other)
     retriever.check_model()
     assert retriever.query_embedder(physical)[1] == model_id(built)
+
+
+@pytest.fixture(scope="module")
+def default_embedder(tmp_path_factory) -> Embedder:
+    return Embedder(Settings(home=tmp_path_factory.mktemp("default"), embed_backend="auto", device="cpu"))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(min_size=1, max_size=300), min_size=2, max_size=6), pick=st.integers(0, 5))
+def test_a_query_vector_does_not_depend_on_the_queries_beside_it(default_embedder, texts, pick):
+    """The default (int8) scales activations per batch; the query path must not, or a question's neighbours would
+    change with whatever else the server was asked at the same moment (serving.batcher packs concurrent queries)."""
+    pick %= len(texts)
+    together = default_embedder.encode_queries(texts)
+    alone = default_embedder.encode_queries([texts[pick]])
+    assert default_embedder.batch_dependent
+    assert np.array_equal(together[pick], alone[0])
