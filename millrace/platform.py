@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -170,14 +171,21 @@ def status(home: Path | str | None = None) -> dict[str, str]:
     return {name: probe() or "ok" for name, (probe, _) in probes(ep).items()}
 
 
-def wait_for(url: str, timeout: float) -> None:
+def wait_for(url: str, timeout: float, milvus: bool = False) -> None:
+    """Until `url` answers 200 (or, with `milvus`, until the Milvus server at `url` answers a call: its proxy listens
+    before its coordinators are ready)."""
+    port = urlsplit(url).port or 19530
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=3).status_code == 200:
+        if milvus:
+            if health.milvus(url, port) is None:
                 return
-        except httpx.HTTPError:
-            pass
+        else:
+            try:
+                if httpx.get(url, timeout=3).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
         time.sleep(0.5)
     sys.exit(f"{url} did not answer within {timeout:.0f} s")
 
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("url", nargs="?", help="wait-for: the URL to wait for")
     parser.add_argument("--home", help="default MILLRACE_HOME, else .millrace")
     parser.add_argument("--timeout", type=float, default=600.0, help="wait-for: seconds")
+    parser.add_argument("--milvus", action="store_true", help="wait-for: the URL is a Milvus server's")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(f"{name:15} {state}" for name, state in report.items()))
             sys.exit(0 if all(v == "ok" for v in report.values()) else 1)
         else:
-            wait_for(args.url, args.timeout)
+            wait_for(args.url, args.timeout, args.milvus)
     except PlatformError as exc:
         sys.exit(f"millrace platform: {exc}")
 

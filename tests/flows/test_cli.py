@@ -130,7 +130,8 @@ def test_block_names_are_refused_by_the_core_cli(tmp_path, monkeypatch, capsys):
     assert "runs a Prefect flow" in capsys.readouterr().err
 
 
-def test_flow_options_carry_no_secrets():
+def test_flow_options_carry_no_secrets(monkeypatch):
+    monkeypatch.delenv("MILLRACE_MODEL_CACHE", raising=False)  # the session's shared export (tests/conftest.py)
     s = Settings(milvus_uri="http://milvus:19530", milvus_token=SecretStr("root:Milvus"), s3_key="AKIA",
                  s3_secret=SecretStr("s3cr3t"), ledger_url="postgresql://millrace:hunter2@db/millrace", chunk_size=128)
     options = flow_options(s)
