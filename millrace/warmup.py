@@ -55,13 +55,13 @@ def _first_validation(settings: Settings, dim: int) -> None:
     validate_chunks([chunk], dim, settings.chunk_size * 40)
 
 
-def _use_worker_threads(worker, settings: Settings) -> None:
+def _use_worker_threads(worker, settings: Settings) -> Settings:
     """Outside a task (Client.run, a preload) get_worker() finds no worker, so the model would load on the one thread
-    OMP_NUM_THREADS=1 gives Dask workers, and keep it: set torch to the worker's threads before it loads."""
-    if worker is not None and not settings.embed_threads:
-        import torch
-
-        torch.set_num_threads(max(1, worker.state.nthreads))
+    OMP_NUM_THREADS=1 gives Dask workers (torch), or on every core of the machine (ONNX Runtime), and keep it: the
+    settings the model loads with name the worker's threads."""
+    if worker is None or settings.embed_threads:
+        return settings
+    return settings.model_copy(update={"embed_threads": max(1, worker.state.nthreads)})
 
 
 def warm_up_dim(settings: Settings, extractor: bool = True, dask_worker=None) -> int:
@@ -73,8 +73,7 @@ def warm_up_dim(settings: Settings, extractor: bool = True, dask_worker=None) ->
     # Tracing first: the worker's spans must carry its own service name, set before any task span can start.
     telemetry.setup("millrace-worker", settings)
     logs.configure(settings)
-    _use_worker_threads(dask_worker, settings)
-    warm_up(settings, extractor)
+    warm_up(_use_worker_threads(dask_worker, settings), extractor)
     return clients.embedder(settings).dim
 
 
@@ -85,6 +84,5 @@ def dask_setup(worker=None) -> None:
     settings = load_settings()
     telemetry.setup("millrace-worker", settings)
     logs.configure(settings)
-    _use_worker_threads(worker, settings)
-    took = warm_up(settings)
+    took = warm_up(_use_worker_threads(worker, settings))
     log.info("worker warmed up: %s", ", ".join(f"{k} {v:.1f}s" for k, v in took.items()))

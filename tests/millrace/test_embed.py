@@ -18,15 +18,20 @@ def _worker_view(backend: str):
     return threads, os.environ.get("OMP_NUM_THREADS"), len(vectors), len(vectors[0])
 
 
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_a_dask_worker_encodes_on_all_of_its_threads(dask_cluster, backend):
-    """Dask starts workers with OMP_NUM_THREADS=1; the model must still use the worker's threads (here 2)."""
-    from distributed import Client
+def test_a_dask_worker_encodes_on_all_of_its_threads(prefect_api):
+    """Dask starts workers with OMP_NUM_THREADS=1; the model must still use the worker's threads (here 2), for torch
+    and for the default (ONNX Runtime) alike, also when it was loaded outside a task, by a run's warm-up
+    (Client.run, where get_worker() finds no worker), as every run's LocalCluster does."""
+    from distributed import Client, LocalCluster
 
-    with Client(dask_cluster) as client:
-        threads, omp, n, dim = client.submit(_worker_view, backend, pure=False).result()
-        nthreads = next(iter(client.nthreads().values()))
-    assert omp == "1" and threads == nthreads == 2 and (n, dim) == (2, 384)
+    from millrace.warmup import warm_up_dim
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for backend in ("torch", "auto"):
+            client.run(warm_up_dim, load_settings(embed_backend=backend), False)
+            threads, omp, n, dim = client.submit(_worker_view, backend, pure=False).result()
+            assert omp == "1" and threads == 2 and (n, dim) == (2, 384), backend
 
 
 def _copy_packaged_model(dest):
