@@ -233,9 +233,8 @@ class Embedder:
 
     @property
     def batch_dependent(self) -> bool:
-        """Whether a text's vector depends on the texts it is encoded with: int8 activations are scaled per batch, so
-        a text moves by ~0.99 cosine with its batch-mates (BENCHMARKS.md "Encoder backends")."""
-        return getattr(self.model, "backend", "torch") == "onnx-int8"
+        """Whether a text's vector depends on the texts it is encoded with (millrace.encoders.BATCH_DEPENDENT)."""
+        return bool(getattr(self.model, "batch_dependent", False))
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors that do not depend on which other queries share the call, so a question meets the same

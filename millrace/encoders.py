@@ -23,6 +23,9 @@ from millrace.config import ConfigError
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 _FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx", "openvino": "openvino/model.xml"}
 _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+# Backends whose vector for a text depends on the texts encoded with it: dynamic int8 scales activations per batch
+# (~0.99 cosine between a text alone and in a padded batch).
+BATCH_DEPENDENT = frozenset({"onnx-int8"})
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class ExportedEncoder:
         from tokenizers import Tokenizer
 
         self.recipe, self.backend, self.threads = recipe(model_dir), backend, threads
+        self.batch_dependent = backend in BATCH_DEPENDENT
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.recipe.max_length)
         pad = _pad_token(model_dir)

@@ -174,11 +174,10 @@ def status(home: Path | str | None = None) -> dict[str, str]:
 def wait_for(url: str, timeout: float, milvus: bool = False) -> None:
     """Until `url` answers 200 (or, with `milvus`, until the Milvus server at `url` answers a call: its proxy listens
     before its coordinators are ready)."""
-    port = urlsplit(url).port or 19530
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if milvus:
-            if health.milvus(url, port) is None:
+            if health.milvus(url, urlsplit(url).port or 19530) is None:
                 return
         else:
             try:
