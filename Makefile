@@ -67,6 +67,7 @@ demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The whole local platform (deployments/Procfile): Prefect server + UI, Milvus, Dask, a process worker, the S3 relay.

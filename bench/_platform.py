@@ -1,5 +1,5 @@
 """The running platform for bench/freshness.py and bench/soak.py: a moto S3 server, the whole platform
-(millrace.platform) on free ports under a temporary MILLRACE_HOME, a bucket whose notifications reach the relay, and a
+(millrace.platform.control) on free ports under a temporary MILLRACE_HOME, a bucket whose notifications reach the relay, and a
 stream of uploads each timed until a search returns it at rank 1.
 
 Only one Milvus standalone fits on a machine (its etcd binds 2379/2380 whatever port Milvus itself gets), so start()
@@ -39,7 +39,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def wait_for_etcd_ports(wait_s: float, say: Callable[[str], None] = print) -> None:
     """Return once 2379/2380 are free; SystemExit after `wait_s` (another Milvus standalone, e.g. a test suite's)."""
-    from millrace import procs
+    from millrace.platform import procs
 
     deadline, told = time.monotonic() + wait_s, False
     while taken := [p for p in ETCD_PORTS if procs.port_taken(p)]:
@@ -60,8 +60,8 @@ class Platform:
         self.wait_ports_s, self.moto, self.home, self.ep = wait_ports_s, None, None, None
 
     def __enter__(self) -> "Platform":
-        from millrace import platform
-        from millrace.services import PORTS
+        from millrace.platform import control as platform
+        from millrace.platform.services import PORTS
 
         wait_for_etcd_ports(self.wait_ports_s)
         moto_port = free_port()
@@ -88,7 +88,7 @@ class Platform:
         import boto3
 
         from millrace.config import load_settings
-        from serving.retrieve import Retriever
+        from millrace.search import Retriever
 
         self.bucket, self.tag = f"bench-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:5]
         s3, sns = boto3.client("s3", **self.creds), boto3.client("sns", **self.creds)
@@ -101,7 +101,7 @@ class Platform:
         self.retriever = Retriever(load_settings(home=self.ep.home, milvus_uri=self.ep.milvus_uri))
 
     def __exit__(self, *exc) -> None:
-        from millrace import platform
+        from millrace.platform import control as platform
 
         try:
             if self.home is not None:
@@ -126,7 +126,7 @@ class Platform:
         return f"uploads/log {self.tag} #{i}.txt"
 
     def uri(self, i: int) -> str:
-        from millrace.sources import s3_uri
+        from millrace.sources.base import s3_uri
 
         return s3_uri(self.bucket, self.key(i))
 

@@ -54,7 +54,7 @@ _local = threading.local()
 def committed(p: Platform, keys: dict[str, float]) -> dict[str, float]:
     """key -> the ledger's commit time, for the keys that are indexed."""
     from millrace import clients
-    from millrace.sources import s3_uri
+    from millrace.sources.base import s3_uri
 
     s = settings_of(p)
     by_uri = {s3_uri(p.bucket, k): k for k in keys}
@@ -64,13 +64,13 @@ def committed(p: Platform, keys: dict[str, float]) -> dict[str, float]:
 
 
 def _physical(s) -> str:
-    from millrace import versions
+    from millrace.index import versions
 
     return versions.active_physical(s)
 
 
 def _doc(uri: str) -> str:
-    from millrace.records import doc_id_for
+    from millrace.documents.records import doc_id_for
 
     return doc_id_for(uri)
 
@@ -187,7 +187,7 @@ def round_costs(p: Platform) -> dict:
     from sqlalchemy import select
 
     from millrace import clients
-    from millrace.ledger import runs
+    from millrace.ledger.book import runs
 
     s = settings_of(p)
     with clients.ledger(s).engine.connect() as conn:

@@ -3,7 +3,7 @@ quality gate (SciFact test nDCG@10, dense and hybrid, by `millrace eval beir` wi
 
     python bench/encoders.py --corpus ../shared/data/scifact --texts 2000 --eval
 
-1. Chunks: the corpus' records chunked by the product's chunker (millrace.chunk), an even sample of --texts of them.
+1. Chunks: the corpus' records chunked by the product's chunker (millrace.documents.chunk), an even sample of --texts of them.
 2. Per backend, in one process, one after the other, torch first: the first use (export, cached under a fresh
    MILLRACE_HOME, and load), a batch-size sweep, then all the sample at the best batch size: texts/s, and the cosine
    of each vector with torch's (mean, min). Ratios are to torch fp32 in the same run.
@@ -28,9 +28,9 @@ GATE = 0.005
 
 def chunk_texts(corpus: str, limit: int) -> list[str]:
     from millrace.benchmark import corpus_source
-    from millrace.chunk import Chunker
+    from millrace.documents.chunk import Chunker
     from millrace.config import Settings
-    from millrace.jsonl import JsonlSource, record_document
+    from millrace.sources.jsonl import JsonlSource, record_document
 
     source = JsonlSource(corpus_source(corpus))
     chunker, texts = Chunker(Settings()), []
@@ -43,7 +43,7 @@ def chunk_texts(corpus: str, limit: int) -> list[str]:
 def measure(backend: str, texts: list[str], reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
     from millrace.benchmark import encode_sweep
     from millrace.config import Settings
-    from millrace.embed import Embedder
+    from millrace.documents.embed import Embedder
 
     home = Path(tempfile.mkdtemp(prefix=f"millrace-bench-{backend}-"))
     t = time.perf_counter()

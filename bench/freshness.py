@@ -3,7 +3,7 @@
 
     python bench/freshness.py --uploads 24 --every 2.0
 
-Starts its own platform (millrace.platform) on free ports under a temporary MILLRACE_HOME, and a moto server
+Starts its own platform (millrace.platform.control) on free ports under a temporary MILLRACE_HOME, and a moto server
 (bench/_platform.py, shared with bench/soak.py); reads the per-document upload-to-searchable seconds the ledger records
 too (documents.fresh_s), for comparison."""
 

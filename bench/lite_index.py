@@ -1,4 +1,4 @@
-"""Milvus Lite by size: FLAT against the IVF_FLAT collection millrace.lite_index moves it to, at 10k / 100k / 1M
+"""Milvus Lite by size: FLAT against the IVF_FLAT collection millrace.index.lite_index moves it to, at 10k / 100k / 1M
 vectors. Per size: search p50/p99 (raw `MilvusStore.search_many`, dense, top 10, the parameters the store reads from
 the index), recall@10 of each against the exact top 10 (numpy), the copy + IVF build time, and the Lite server's
 memory.
@@ -83,9 +83,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--passages", type=int, default=5183)
     args = ap.parse_args()
-    from millrace import clients, lite_index
+    from millrace import clients
+    from millrace.index import lite_index
     from millrace.config import load_settings
-    from millrace.milvus_connect import nlist_for, nprobe_for
+    from millrace.index.connect import nlist_for, nprobe_for
 
     anchors, queries = embed_scifact(args.scifact, args.passages, args.queries)
     results, data = [], np.zeros((0, 384), dtype=np.float32)

@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--code-root", action="append", default=[], help="another checkout to measure too")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory.json"))
     args = parser.parse_args()
-    from millrace.samples import write_records
+    from millrace.sources.samples import write_records
     from flows.api import ensure_prefect_api
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here: its heartbeat only fails

@@ -1,5 +1,5 @@
 """OCR quality and speed on a folder of documents (BENCHMARKS.md, "OCR"): the PDFs and images that give no text
-without OCR are the scans; each is extracted again with OCR (the real path: millrace.extract with MILLRACE_OCR=auto)
+without OCR are the scans; each is extracted again with OCR (the real path: millrace.documents.extract with MILLRACE_OCR=auto)
 and compared with its expected text where the folder has one (<name>.expected.txt).
 
     .venv/bin/python bench/ocr.py --docs ../shared/data/docs [--languages eng] [--json out.json]
@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from millrace.config import Settings
-from millrace.extract import ExtractError, TikaJvmExtractor
-from millrace.records import SourceObject
+from millrace.documents.extract import ExtractError, TikaJvmExtractor
+from millrace.documents.records import SourceObject
 
 _WORD = re.compile(r"\w+")
 

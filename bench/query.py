@@ -1,7 +1,7 @@
 """Query latency at 10k / 100k / 1M synthetic 384-d vectors, per Milvus engine Millrace supports: Milvus Lite 2.5
 (FLAT, in-process) and the Milvus 2.3 standalone server (HNSW, loopback). Two paths per size:
 raw `MilvusClient.search` of a vector (top 10), and the `millrace search` path (embed the query text with the real
-model, search, build cited hits) through serving.retrieve.Retriever, dense and (where the engine has BM25) hybrid.
+model, search, build cited hits) through millrace.search.Retriever, dense and (where the engine has BM25) hybrid.
 
     python bench/query.py                          # both engines, 10k,100k,1M
     python bench/query.py --engines lite --sizes 10000"""
@@ -54,7 +54,7 @@ def percentiles(samples: list[float]) -> dict:
 
 
 def measure(store, retriever, n_queries: int, rng) -> dict:
-    from millrace.store import OUTPUT_FIELDS, _SEARCH
+    from millrace.index.store import OUTPUT_FIELDS, _SEARCH
 
     params = {"metric_type": store.settings.milvus_metric, "params": _SEARCH.get(store.index_type, {})}
     qs = rng.standard_normal((n_queries, 384), dtype=np.float32)
@@ -105,7 +105,7 @@ def wait_for_index(store, size: int, timeout: float) -> float:
 def run_engine(engine: str, sizes: list[int], n_queries: int, tmp: Path, index_timeout: float = 600) -> list[dict]:
     from millrace import clients
     from millrace.config import load_settings
-    from serving.retrieve import Retriever
+    from millrace.search import Retriever
 
     server = None
     if engine == "server":

@@ -59,10 +59,11 @@ def raw_phase(home: Path, series: dict, k: int, max_s: float, questions: list[st
     candidates). At c=1 also parts of the API's path alone: Millrace's store layer, and embedding one query."""
     import pymilvus as mp
 
-    from millrace import clients, versions
+    from millrace import clients
+    from millrace.index import versions
     from millrace.config import load_settings
-    from millrace.embed import Embedder
-    from millrace.store import _SEARCH, HYBRID_CANDIDATES, OUTPUT_FIELDS, RRF_K, SPARSE_FIELD
+    from millrace.documents.embed import Embedder
+    from millrace.index.store import _SEARCH, HYBRID_CANDIDATES, OUTPUT_FIELDS, RRF_K, SPARSE_FIELD
 
     settings = load_settings(home=str(home), collection=COLL)
     store = clients.milvus_store(settings, versions.active_physical(settings))

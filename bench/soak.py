@@ -22,8 +22,8 @@ import psutil
 from _platform import Platform, percentile
 from _util import table, write
 
-SERVICES = [("prefect server", "prefect-server"), ("millrace.server", "milvus"), ("dask scheduler", "dask-scheduler"),
-            ("dask worker", "dask-workers"), ("prefect worker", "prefect-worker"), ("serving.relay", "relay"),
+SERVICES = [("prefect server", "prefect-server"), ("millrace.platform.milvus_server", "milvus"), ("dask scheduler", "dask-scheduler"),
+            ("dask worker", "dask-workers"), ("prefect worker", "prefect-worker"), ("intake.relay", "relay"),
             ("serving.server", "api")]
 
 
@@ -41,7 +41,7 @@ def service_of(proc: psutil.Process) -> str:
 
 def sample(home) -> dict:
     """RSS in MB per service, from every process carrying the platform's marker; flow runs counted apart."""
-    from millrace import procs
+    from millrace.platform import procs
 
     rss: dict[str, float] = {}
     flows = 0

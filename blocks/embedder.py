@@ -24,6 +24,6 @@ class EmbedderBlock(Block):
     def get_client(self):
         """The loaded encoder: a SentenceTransformer, or an exported model's runtime (cached per process)."""
         from millrace.config import Settings
-        from millrace.embed import load_model
+        from millrace.documents.embed import load_model
 
         return load_model(Settings(**{k: v for k, v in self.to_settings().items() if v}))

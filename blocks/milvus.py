@@ -25,6 +25,6 @@ class MilvusBlock(Block):
     def get_client(self):
         """A connected pymilvus MilvusClient (created on call, never at import)."""
         from millrace.config import Settings
-        from millrace.store import connect
+        from millrace.index.store import connect
 
         return connect(Settings(**{k: v for k, v in self.to_settings().items() if v}))

@@ -40,7 +40,7 @@ def ensure_prefect_api(home: Path | str | None = None) -> str | None:
     Without it each worker would start (and, when killed, orphan) an API server of its own. Returns the URL this
     chose, or None when one was configured already."""
     from millrace.config import load_settings
-    from millrace.services import running
+    from millrace.platform.services import running
 
     home = Path(home or load_settings().home).expanduser().resolve()
     use_prefect_home(home)

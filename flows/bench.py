@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.cli import flow_options
+from flows.options import flow_options
 from millrace import clients
 from millrace.benchmark import SWEEP, corpus_source, encode_all, encode_sweep, take
 from millrace.config import Settings

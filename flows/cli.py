@@ -12,12 +12,9 @@ import logging
 import os
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-
-from millrace import cli
-from millrace import config
+from flows.options import flow_options
+from millrace import cli, config
 from millrace.config import Settings
 
 
@@ -32,20 +29,6 @@ def load_settings(**flags: Any) -> Settings:
     from blocks import load_settings as with_blocks  # imports Prefect
 
     return with_blocks(**flags)
-
-
-def flow_options(settings: Settings, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The settings a flow run gets as its `options` parameter: what differs from the defaults, without secrets.
-
-    Flow parameters are stored by the Prefect API and shown in its UI, so secret fields (and a ledger URL carrying a
-    password) stay out; the flow, in this process, reads them again from the environment or the blocks."""
-    options = settings.model_dump(mode="json", exclude_defaults=True)
-    for name, field in Settings.model_fields.items():
-        if field.annotation is SecretStr or name in drop:
-            options.pop(name, None)
-    if "ledger_url" in options and urlsplit(options["ledger_url"]).password:
-        options.pop("ledger_url")
-    return options
 
 
 class _NoRunTracebacks(logging.Filter):
@@ -92,7 +75,7 @@ def cmd_ingest(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        from millrace.status import describe_scope
+        from millrace.ledger.collection_report import describe_scope
 
         print(f"scope: {describe_scope(summary['scope'])}")
         print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "

@@ -7,7 +7,7 @@ import sys
 import time
 
 from flows.cli import load_settings, main as cli
-from millrace.samples import write_samples
+from millrace.sources.samples import write_samples
 
 QUERIES = ["How many days of paid leave do new employees get?",
            "What should I do when the turbine vibration alarm goes off?"]

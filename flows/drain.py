@@ -2,7 +2,7 @@
 
 Each round takes everything pending (up to drain_max_changes / drain_max_bytes), mirrors exactly those objects with
 the ingest flow's machinery (a ledger run per round, staging, reconciliation), then removes from the queue exactly
-the entries it committed (millrace.drain.settle). A kill mid-round leaves them queued, and staging recovery in the
+the entries it committed (millrace.events.drain.settle). A kill mid-round leaves them queued, and staging recovery in the
 next run finishes or undoes the round's writes. The first change after a quiet period goes alone and at once; when
 changes arrive faster than a round takes, rounds grow by themselves, so fixed costs are paid per round, not per
 change. A round commits in the background while the next one is planned and processed, which stages nothing until
@@ -29,11 +29,12 @@ from pydantic import Field
 from blocks import load_settings
 from flows.ingest import finish, ingest_steps, run_ingest, warm_cluster
 from flows.runner import WarmCluster, dask_task_runner
-from millrace import clients, lite_index, versions
+from millrace import clients
+from millrace.index import lite_index, versions
 from millrace.config import Settings
-from millrace.changequeue import Entry, entry_key
-from millrace.drain import LEASE_SOURCE, Settled, by_source, settle
-from millrace.lease import Lease
+from millrace.events.queue import Entry, entry_key
+from millrace.events.drain import LEASE_SOURCE, Settled, by_source, settle
+from millrace.ledger.lease import Lease
 
 
 def run_name() -> str:
@@ -76,7 +77,7 @@ def run_drain(settings: Settings, stop=None, wake=None) -> dict[str, Any]:
                     cluster.append(warm_cluster(held.enter_context(dask_task_runner(settings)), settings))
                 _rounds(settings, run_id, lease, cluster, held, totals, progress, started, stop, wake)
                 lite_index.reindex_if_due(settings, log.info, log.warning)  # rounds all committed, lease still held
-            # The relay sends no wake-ups while this run holds the lease (millrace.drain.draining): a change queued
+            # The relay sends no wake-ups while this run holds the lease (millrace.events.drain.draining): a change queued
             # after the last look but before the release would wait for the sweep. Look once more, lease released.
             if (stop and stop.is_set()) or time.monotonic() - started >= settings.drain_max_run_s \
                     or not queue.take(logical, 1):
@@ -224,7 +225,7 @@ def settle_round(settings: Settings, entries) -> Settled:
         get_run_logger().warning("%d objects kept failing and were set aside (millrace status shows why): %s",
                                  len(settled.dead), ", ".join(f"{e.source}/{e.object}" for e in settled.dead[:5]))
         if settings.sqs_dlq_url and any(e.origin.startswith("sqs:") for e in settled.dead):
-            from millrace.sqs_dlq import forward_dead
+            from millrace.events.sqs_dlq import forward_dead
 
             forward_dead(settings, [e for e in settled.dead if e.origin.startswith("sqs:")])
     return settled

@@ -11,10 +11,11 @@ from pydantic import Field
 
 from blocks import load_settings
 from flows.ingest import ingest
-from millrace import clients, versions
+from millrace import clients
+from millrace.index import versions
 from millrace import evaluate as ev
 from millrace.config import Settings
-from millrace.embed import resolve_backend
+from millrace.documents.embed import resolve_backend
 
 
 class EvaluationGateError(RuntimeError):

@@ -24,16 +24,19 @@ from prefect.utilities.annotations import quote
 from blocks import load_settings
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import WarmCluster, dask_task_runner, keep_workers
-from millrace import clients, lite_index, pipeline, staging, telemetry, versions
-from millrace import plan as planning
+from millrace import clients, pipeline
+from millrace.index import lite_index, versions
+from millrace.ledger import staging
+from millrace.observe import telemetry
+from millrace.ledger import plan as planning
 from millrace.config import Settings
-from millrace.embed import model_id
-from millrace.jsonl import is_jsonl
-from millrace.lease import Lease
-from millrace.quality import QualityGateError
-from millrace.records import BatchResult, Failure, SourceObject
-from millrace.warmup import warm_up, warm_up_dim
-from millrace.sources import canonical_source_uri
+from millrace.documents.embed import model_id
+from millrace.sources.jsonl import is_jsonl
+from millrace.ledger.lease import Lease
+from millrace.documents.quality import QualityGateError
+from millrace.documents.records import BatchResult, Failure, SourceObject
+from millrace.platform.warmup import warm_up, warm_up_dim
+from millrace.sources.base import canonical_source_uri
 from tasks.ingest import commit_run, imported, list_source, process_batch, rollback_run, write_batch
 
 # How often a wait for a batch looks for workers of the run's own cluster that are gone for good (flows.runner).

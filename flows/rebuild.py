@@ -1,5 +1,5 @@
 """The `rebuild` and `rollback` flows: rebuild a collection into a new physical collection and swap readers to it
-with no moment where a search fails or sees a half-built index (millrace.versions has the layout)."""
+with no moment where a search fails or sees a half-built index (millrace.index.versions has the layout)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from pydantic import Field
 from blocks import load_settings
 from flows.evaluate import EvaluationGateError
 from flows.ingest import ReconciliationError, run_ingest
-from millrace import clients, versions
+from millrace import clients
+from millrace.index import versions
 from millrace import evaluate as ev
 from millrace.config import ConfigError, Settings
-from millrace.ledger import documents
-from millrace.lease import Lease
-from millrace.sources import canonical_source_uri
+from millrace.ledger.book import documents
+from millrace.ledger.lease import Lease
+from millrace.sources.base import canonical_source_uri
 
 # Parameters as `= Field(default, description=...)`: Prefect 3.8 shows those descriptions in its run form (it drops
 # the ones inside Annotated).

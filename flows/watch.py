@@ -1,7 +1,7 @@
 """A local folder kept in sync the way an S3 prefix is: the `watch` flow (a long-lived run on a worker), `millrace
 watch DIR` and `millrace serve --watch DIR` all run `run_watch`.
 
-It starts the folder's watcher (millrace.watch), mirrors the whole folder once with the ingest flow (cheap when
+It starts the folder's watcher (millrace.events.folder_watch), mirrors the whole folder once with the ingest flow (cheap when
 nothing changed; it catches what changed while nobody watched), then runs the drain flow whenever the collection's
 queue has due changes. The watcher starts first, so a change made while the first ingest lists the folder is queued
 rather than missed. Everything runs in this process: on the embedded default it is the one that owns the Lite file."""
@@ -20,7 +20,7 @@ from blocks import load_settings
 from flows.drain import run_drain, run_name
 from millrace import clients
 from millrace.config import Settings
-from millrace.watch import FolderWatcher
+from millrace.events.folder_watch import FolderWatcher
 
 log = logging.getLogger("millrace")
 

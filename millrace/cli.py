@@ -15,7 +15,7 @@ from typing import Any
 
 from millrace import quiet
 from millrace.config import ConfigError, Settings, load_settings
-from millrace.encoders import BACKENDS
+from millrace.documents.encoders import BACKENDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -158,7 +158,7 @@ def settings_from(args: argparse.Namespace, load: SettingsLoader, keys: list[str
 
 
 def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
-    from serving.retrieve import Retriever, cite
+    from millrace.search import Retriever, cite
 
     retriever = Retriever(settings_from(args, load))
     mode = retriever.mode(args.mode)
@@ -176,11 +176,11 @@ def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
 
 
 def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
-    from millrace.status import format_status, status_report
+    from millrace.ledger.collection_report import format_status, status_report
 
     settings = settings_from(args, load)
     if args.doc:
-        from millrace.doc_status import doc_report, format_doc
+        from millrace.ledger.document_report import doc_report, format_doc
 
         report = doc_report(settings, args.doc)
         print(json.dumps(report, default=str) if args.json else format_doc(report))
@@ -191,8 +191,9 @@ def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace, load: SettingsLoader) -> int:
-    from millrace import clients, logs
-    from millrace.ingest_metrics import serve_metrics
+    from millrace import clients
+    from millrace.observe import logs
+    from millrace.observe.metrics import serve_metrics
 
     settings = settings_from(args, load)
     logs.configure(settings, console=True)
@@ -202,7 +203,7 @@ def cmd_metrics(args: argparse.Namespace, load: SettingsLoader) -> int:
 
 
 def cmd_setup_tika(args: argparse.Namespace, load: SettingsLoader) -> int:
-    from millrace.tika_jar import install_tika_jar
+    from millrace.documents.tika_jar import install_tika_jar
 
     print(install_tika_jar(args.dest))
     return 0

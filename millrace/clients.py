@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from millrace.config import Settings
 
 if TYPE_CHECKING:
-    from millrace.changequeue import ChangeQueue
-    from millrace.chunk import Chunker
-    from millrace.embed import Embedder
-    from millrace.extract import Extractor
-    from millrace.ledger import Ledger
-    from millrace.sources import Source
-    from millrace.store import MilvusStore
+    from millrace.events.queue import ChangeQueue
+    from millrace.documents.chunk import Chunker
+    from millrace.documents.embed import Embedder
+    from millrace.documents.extract import Extractor
+    from millrace.ledger.book import Ledger
+    from millrace.sources.base import Source
+    from millrace.index.store import MilvusStore
 
 _lock = threading.RLock()
 _cache: dict[tuple, object] = {}
@@ -44,7 +44,7 @@ def model_key(settings: Settings) -> tuple:
 
 def milvus_store(settings: Settings, collection: str | None = None) -> "MilvusStore":
     """The store for a collection; one client per Milvus URI, database and credentials in this process."""
-    from millrace.store import MilvusStore
+    from millrace.index.store import MilvusStore
 
     name = collection or settings.collection
     key = ("milvus", settings.resolved_milvus_uri, settings.milvus_db, _digest(settings.milvus_token),
@@ -53,34 +53,34 @@ def milvus_store(settings: Settings, collection: str | None = None) -> "MilvusSt
 
 
 def ledger(settings: Settings) -> "Ledger":
-    from millrace.ledger import Ledger
+    from millrace.ledger.book import Ledger
 
     return _get(("ledger", settings.resolved_ledger_url), lambda: Ledger(settings.resolved_ledger_url))
 
 
 def change_queue(settings: Settings) -> "ChangeQueue":
-    from millrace.changequeue import ChangeQueue
+    from millrace.events.queue import ChangeQueue
 
     return _get(("queue", settings.resolved_ledger_url), lambda: ChangeQueue(settings.resolved_ledger_url))
 
 
 def embedder(settings: Settings) -> "Embedder":
-    from millrace.embed import Embedder
+    from millrace.documents.embed import Embedder
 
     return _get(("embedder", *model_key(settings)), lambda: Embedder(settings))
 
 
 def chunker(settings: Settings) -> "Chunker":
-    from millrace.chunk import Chunker
+    from millrace.documents.chunk import Chunker
 
     return _get(("chunker", settings.model, settings.chunk_size, settings.chunk_overlap), lambda: Chunker(settings))
 
 
 def extractor(settings: Settings) -> "Extractor":
-    from millrace.extract import make_extractor
+    from millrace.documents.extract import make_extractor
 
     key = ("extractor", settings.tika_endpoint, settings.tika_jar, settings.tika_heap, settings.parse_timeout_s,
-           settings.max_text_chars, str(settings.fault_dir))
+           settings.max_text_chars)
     return _get(key, lambda: make_extractor(settings))
 
 
@@ -96,9 +96,9 @@ def redis(url: str):
 def s3_filesystem(settings: Settings):
     """One s3fs filesystem per endpoint, region and credentials in this process. Building one loads botocore's
     service models (~0.1-0.3 s of CPU), which every batch of a draining round used to pay on its worker. It caches no
-    listings (millrace.s3source.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
+    listings (millrace.sources.s3.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
     the key because s3fs' event loop thread does not survive a fork."""
-    from millrace.s3source import s3_filesystem as build
+    from millrace.sources.s3 import s3_filesystem as build
 
     key = ("s3", os.getpid(), settings.s3_endpoint_url, settings.s3_region, settings.s3_key,
            _digest(settings.s3_secret))
@@ -107,7 +107,7 @@ def s3_filesystem(settings: Settings):
 
 def source(uri: str, settings: Settings) -> "Source":
     """A fresh Source (cheap; S3 sources build their filesystem lazily)."""
-    from millrace.sources import open_source
+    from millrace.sources.base import open_source
 
     return open_source(uri, settings)
 

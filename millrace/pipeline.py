@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from millrace import clients, telemetry
+from millrace import clients
+from millrace.observe import telemetry
 from millrace.config import Settings
-from millrace.embed import model_id
-from millrace.extract import ExtractError
-from millrace.jsonl import RECORD_MEDIA_TYPE, record_document
-from millrace.ledger import Ledger, documents
-from millrace.quality import apply_gate
-from millrace.records import BatchResult, DocState, DocSummary, Failure, SourceObject
-from millrace.store import MilvusStore
+from millrace.documents.embed import model_id
+from millrace.documents.extract import ExtractError
+from millrace.sources.jsonl import RECORD_MEDIA_TYPE, record_document
+from millrace.ledger.book import Ledger, documents
+from millrace.documents.quality import apply_gate
+from millrace.documents.records import BatchResult, DocState, DocSummary, Failure, SourceObject
+from millrace.index.store import MilvusStore
 
 
 def pipeline_version(settings: Settings) -> str:
@@ -54,43 +54,8 @@ def make_batches(objects: list[SourceObject], docs_per_batch: int, max_batch_byt
     return batches
 
 
-# Test-only faults that act through the real JVM, inside Tika's timed parse thread (see jvm_fault).
-JVM_FAULTS = ("hang", "jvm_exit")
-
-
-def _injected_fault(obj: SourceObject, settings: Settings) -> None:
-    """Test-only: a file <fault_dir>/<doc_id> makes this document's next extraction fail with its reason, once."""
-    marker = Path(settings.fault_dir) / obj.doc_id
-    try:
-        reason = marker.read_text().strip() or "timeout"
-        if reason in JVM_FAULTS:  # left for jvm_fault, inside the parse
-            return
-        marker.unlink()
-    except FileNotFoundError:  # none, or another worker took it
-        return
-    raise ExtractError(reason, "injected fault")
-
-
-def jvm_fault(doc_id: str, settings: Settings) -> None:
-    """Test-only, called by the Tika extractor in its parse thread: "hang" sleeps in Java past the parse timeout,
-    "jvm_exit" halts the JVM, which takes its process with it as a JVM crash would. Both persist until the test
-    removes the marker: a process cannot reliably consume the marker of a fault that kills it, and a poison
-    document is poison on every attempt."""
-    try:
-        kind = (Path(settings.fault_dir) / doc_id).read_text().strip()
-    except FileNotFoundError:
-        return
-    from java.lang import Runtime, Thread
-
-    if kind == "hang":  # bounded, so the abandoned thread ends before its process does (see millrace.parse_threads.drain)
-        Thread.sleep(int(settings.parse_timeout_s * 1000) + 5000)
-    elif kind == "jvm_exit":
-        Runtime.getRuntime().halt(134)
-
-
 def extract(obj: SourceObject, data: bytes, settings: Settings):
-    if settings.fault_dir:
-        _injected_fault(obj, settings)
+    """One document's text and pages: a JSONL record's own, else Tika's."""
     if obj.media_type == RECORD_MEDIA_TYPE:
         return record_document(obj, data)
     with telemetry.span("tika.extract", doc_id=obj.doc_id, bytes=len(data)) as span:

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from millrace import telemetry
+from millrace.observe import telemetry
 from serving.citations import CitationFilter
 from serving.config import ServeSettings
 from serving.errors import ServingError

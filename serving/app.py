@@ -27,11 +27,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from millrace import clients, telemetry
+from millrace import clients
+from millrace.observe import telemetry
 from millrace.config import ConfigError
-from millrace.logs import request_id_var
+from millrace.observe.logs import request_id_var
 from millrace.retry import is_transient
-from serving import responses, routes, sources
+from serving import responses, routes, source_list as sources
 from serving.answering import AnswerService
 from serving.cache import make_cache
 from serving.config import ServeSettings

@@ -3,7 +3,7 @@
 No fixed wait: a query that arrives while the model is busy joins the next batch, and a query that finds the model
 idle is encoded at once. So a lone request pays nothing, and under load each forward pass embeds everything that
 queued behind the previous one, and throughput grows with concurrency (bench/serve.py). A model whose vectors depend
-on their batch-mates (int8: millrace.embed.Embedder.encode_queries) encodes a pass's queries one by one, so a
+on their batch-mates (int8: millrace.documents.embed.Embedder.encode_queries) encodes a pass's queries one by one, so a
 question's vector never depends on what else was asked at that moment; the pass still saves the thread hops."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Prometheus metrics of the API, in a registry per app (tests and benchmarks build several apps in one process).
 
 Latency per stage (embed, search, generate, time to first token), cache hits, errors by kind, ingestion's metrics
-(millrace.ingest_metrics), and the index's
+(millrace.observe.metrics), and the index's
 freshness read from the ledger at scrape time: the last ingest's finish time and the upload-to-searchable times the
-ingest runs record per document (millrace.ledger documents.fresh_s)."""
+ingest runs record per document (millrace.ledger.book documents.fresh_s)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from millrace.ingest_metrics import IngestCollector
+from millrace.observe.metrics import IngestCollector
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -32,7 +32,7 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         if freshness is not None:
             r.register(_Freshness(freshness))
-        if ledger is not None:  # ingestion's metrics too (millrace.ingest_metrics): one scrape target suffices
+        if ledger is not None:  # ingestion's metrics too (millrace.observe.metrics): one scrape target suffices
             r.register(IngestCollector(ledger))
 
     def observe(self, stage: str, seconds: float) -> None:

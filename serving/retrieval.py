@@ -1,4 +1,4 @@
-"""Retrieval for the API: the CLI's retrieval (serving.retrieve.Retriever: hybrid where the collection has BM25, the
+"""Retrieval for the API: the CLI's retrieval (millrace.search.Retriever: hybrid where the collection has BM25, the
 model check, the alias or ledger resolution), with query embeddings micro-batched across requests, Milvus calls in
 worker threads, and results cached under the index version."""
 
@@ -12,17 +12,19 @@ import numpy as np
 import orjson
 from anyio import to_thread
 
-from millrace import clients, telemetry, versions
+from millrace import clients
+from millrace.observe import telemetry
+from millrace.index import versions
 from millrace.config import ConfigError
-from millrace.ledger_watch import LedgerWatch
-from millrace.sources import canonical_source_uri, s3_uri
-from millrace.store import MilvusStore
+from millrace.ledger.change_token import LedgerWatch
+from millrace.sources.base import canonical_source_uri, s3_uri
+from millrace.index.store import MilvusStore
 from serving.batcher import MicroBatcher
 from serving.cache import MemoryCache, digest
 from serving.config import ServeSettings
 from serving.errors import ServingError
 from serving.metrics import Metrics
-from serving.retrieve import Retriever
+from millrace.search import Retriever
 from serving.schemas import Filter, Passage
 
 

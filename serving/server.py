@@ -1,7 +1,7 @@
 """`millrace serve`: the API under uvicorn.
 
 On Milvus Lite this process owns the data file while it runs (Lite admits one opener); its lock says who it is, so
-an ingest started beside it fails with an error naming it (millrace.lite_lock). `make server` runs
+an ingest started beside it fails with an error naming it (millrace.index.lite_lock). `make server` runs
 a Milvus server instead, where serving and ingests share the index."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from millrace import logs, telemetry
-from millrace.lite_lock import hold
+from millrace.observe import logs, telemetry
+from millrace.index.lite_lock import hold
 from serving.config import ServeSettings
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """The index watermark that search and answer responses carry: changes that arrived through this time are
-searchable, and how many are still waiting (millrace.changequeue.QueueStats).
+searchable, and how many are still waiting (millrace.events.queue.QueueStats).
 
 Read from the change queue at most once a second per collection in this process, so a query does not hit the
 database each time; a read that fails leaves it out of the response (None) instead of failing the search."""
@@ -14,7 +14,7 @@ from typing import Callable
 
 from anyio import to_thread
 
-from millrace.changequeue import QueueStats
+from millrace.events.queue import QueueStats
 from serving.schemas import IndexWatermark
 
 log = logging.getLogger("millrace.serving")

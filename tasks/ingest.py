@@ -11,16 +11,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from millrace import clients, logs, pipeline, plan, staging, telemetry
+from millrace import clients, pipeline
+from millrace.observe import logs, telemetry
+from millrace.ledger import plan, staging
 from millrace.config import ConfigError, Settings, load_settings
-from millrace.plan import Scope
-from millrace.records import BatchResult, SourceObject
+from millrace.ledger.plan import Scope
+from millrace.documents.records import BatchResult, SourceObject
 
 
 def _set_up_flow_process() -> None:
     """Prefect starts a flow run's span before the flow's code runs, so the flow process (`millrace ingest`, a Prefect
     worker's flow run, which import this module through flows.ingest) installs its tracer provider on import. Dask
-    workers import this module too, but their warm-up (millrace.warmup) has set them up as millrace-worker first."""
+    workers import this module too, but their warm-up (millrace.platform.warmup) has set them up as millrace-worker first."""
     if telemetry.installed():  # a Dask worker, set up by its warm-up; keep its service name and trace folder
         return
     try:
@@ -58,7 +60,7 @@ def list_source(source: str, settings: Settings, run_id: str, scope: Scope) -> i
 def process_batch(batch_no: int, batches: int, objects: list[SourceObject], source: str, settings: Settings,
                   reuse: dict | None = None, trace: dict | None = None) -> BatchResult:
     """Extract, chunk, quality-check and embed one batch of documents."""
-    # `trace`: the flow's trace context, for a worker where Prefect's own task span is off (see millrace.telemetry).
+    # `trace`: the flow's trace context, for a worker where Prefect's own task span is off (see millrace.observe.telemetry).
     with telemetry.attached(trace), telemetry.run_scope(_run_id()):
         telemetry.annotate(batch=batch_no, batches=batches, documents=len(objects), collection=settings.collection)
         result = pipeline.process_batch(objects, source, settings, reuse)

@@ -13,11 +13,23 @@ import time
 import uuid
 from pathlib import Path
 
+import dask
 import pytest
 
 from millrace import quiet
+from tests.hooks import faults
 
 quiet.apply()
+
+# The fault and crash hooks (tests/hooks/faults.py) in this process and in the workers of every LocalCluster the tests
+# start, the flows' own included; they act only when a test arms them through the environment.
+faults.install()
+dask.config.set({"distributed.worker.preload": ["tests.hooks.faults"]})
+if faults.FAULT_DIR not in os.environ:  # before any process starts: every process of the session sees one folder
+    os.environ[faults.FAULT_DIR] = tempfile.mkdtemp(prefix="millrace-faults-")
+    atexit.register(shutil.rmtree, os.environ[faults.FAULT_DIR], True)
+# `millrace` subprocesses that a test wants the hooks in put this folder on their PYTHONPATH (its sitecustomize).
+HOOKS_SITE = Path(__file__).resolve().parent / "hooks" / "site"
 
 # Every test has its own MILLRACE_HOME; the default encoder's ONNX export (~7 s) is made once per session instead of
 # once per home. Set beforehand, a developer's own cache is used (and kept).
@@ -48,6 +60,14 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture()
+def faults_armed():
+    """Fault markers for this test (tests/hooks/faults.py), cleared after it."""
+    armed = faults.Faults()
+    yield armed
+    armed.clear()
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +150,7 @@ def milvus_server(tmp_path_factory):
     if any(port_taken(p) for p in (2379, 2380)):
         pytest.fail("another Milvus standalone server holds etcd's ports 2379/2380; stop it (`make stop`, or the "
                     "`milvus run standalone` process) and run the tests again", pytrace=False)
-    from millrace.server import configure
+    from millrace.platform.milvus_server import configure
 
     configure(default_server)  # as `make server` runs it
     default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
@@ -144,7 +164,7 @@ def milvus_server(tmp_path_factory):
 
 @pytest.fixture()
 def sample_dir(tmp_path) -> Path:
-    from millrace.samples import write_samples
+    from millrace.sources.samples import write_samples
 
     write_samples(tmp_path / "samples")
     return tmp_path / "samples"

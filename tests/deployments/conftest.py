@@ -1,4 +1,4 @@
-"""The whole local platform (millrace.platform: Prefect server and UI, Milvus standalone, Dask scheduler and worker,
+"""The whole local platform (millrace.platform.control: Prefect server and UI, Milvus standalone, Dask scheduler and worker,
 the `millrace` process work pool and worker, the S3 event relay), started ONCE per session on free ports under a
 temporary MILLRACE_HOME, deployed from prefect.yaml, and stopped at the end with nothing left running."""
 
@@ -26,11 +26,11 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 @dataclass
 class Platform:
-    ep: Any  # millrace.platform.Endpoints
+    ep: Any  # millrace.platform.control.Endpoints
     api: httpx.Client
 
     def tail(self, *services: str, lines: int = 40) -> str:
-        from millrace.procs import tail
+        from millrace.platform.procs import tail
 
         return "".join(f"\n--- tail of {self.ep.log(s)} ---\n{tail(self.ep.log(s), lines)}" for s in services)
 
@@ -93,8 +93,8 @@ def distinct_free_ports(n: int) -> list[int]:
 # standalone servers cannot run at once here: both bind etcd's ports 2379/2380).
 @pytest.fixture(scope="package")
 def platform(tmp_path_factory, moto_s3):
-    from millrace import platform as mp
-    from millrace.procs import marked
+    from millrace.platform import control as mp
+    from millrace.platform.procs import marked
 
     home = tmp_path_factory.mktemp("platform") / "home"
     env = {var: str(port) for (var, _), port in zip(mp.PORTS.values(), distinct_free_ports(len(mp.PORTS)))}
@@ -119,7 +119,7 @@ def platform(tmp_path_factory, moto_s3):
 @pytest.fixture(scope="package")
 def backfill(platform, request) -> dict:
     """One `ingest/backfill` run of the sample documents, triggered as an operator would, completed."""
-    from millrace.samples import write_samples
+    from millrace.sources.samples import write_samples
 
     # A short, readable path: it is the run's name in the UI screenshots of the docs.
     samples = Path(tempfile.mkdtemp(prefix="millrace-")) / "sample docs"

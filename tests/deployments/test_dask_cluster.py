@@ -90,7 +90,7 @@ def test_dask_scheduler_service_is_the_address_flow_runs_use():
 def test_dask_processes_parse_as_dask_commands_and_workers_preload_the_warmup():
     from distributed.cli import dask_scheduler, dask_worker
 
-    import millrace.warmup
+    import millrace.platform.warmup
 
     cluster, _ = dask_documents()
     args = cluster["spec"]["scheduler"]["spec"]["containers"][0]["args"]
@@ -103,11 +103,11 @@ def test_dask_processes_parse_as_dask_commands_and_workers_preload_the_warmup():
         # Click parses the real `dask worker` options (an unknown or misspelt one fails here); its --preload
         # callback imports the module, as the worker will.
         params = dask_worker.main.make_context("dask worker", container["args"][2:]).params
-        assert params["preload"] == ("millrace.warmup",), group
+        assert params["preload"] == ("millrace.platform.warmup",), group
         assert params["scheduler"] is None, "the operator passes the scheduler in DASK_SCHEDULER_ADDRESS"
         # One thread per requested core: a batch encodes on all of the worker's threads.
         assert params["nthreads"] == int(container["resources"]["requests"]["cpu"]), group
-    assert callable(millrace.warmup.dask_setup), "Dask's preload hook"
+    assert callable(millrace.platform.warmup.dask_setup), "Dask's preload hook"
 
 
 def test_dask_workers_share_the_flow_runs_settings_and_image():

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.emit import PrefectEmitter
+from intake.emit import PrefectEmitter
 
 pytestmark = pytest.mark.integration
 
 
 # How the drain deployment's trigger in prefect.yaml turns the relay's wake-up into a run for its collection:
-# proved against the real Prefect API, with the very event the relay emits (serving.emit.wake_event).
+# proved against the real Prefect API, with the very event the relay emits (intake.emit.wake_event).
 
 
 def trigger_yaml() -> str:
@@ -38,7 +38,7 @@ async def _prove(prefect_api: str, collection: str) -> list[dict]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.utilities.callables import parameter_schema
 
-    from serving.emit import wake_event
+    from intake.emit import wake_event
 
     proof = flow(name=f"relay-proof-{uuid.uuid4().hex[:6]}")(drain_signature)
     schema = parameter_schema(drain_signature).model_dump_for_openapi()

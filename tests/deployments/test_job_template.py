@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from prefect.utilities.templating import PlaceholderType, find_placeholders
 
-from millrace.milvus_connect import GPU_INDEXES, SERVER_INDEXES
+from millrace.index.connect import GPU_INDEXES, SERVER_INDEXES
 from tests.deployments.templates import JOB_TEMPLATE, K8S_JOB_CONFIGURATION_FIELDS, assert_settings_env, check_job_manifest, env_by_name, job_container, job_template, render, variable_defaults
 
 pytestmark = pytest.mark.unit

@@ -1,12 +1,12 @@
 """The Milvus Helm values (deployments/k8s/milvus-values.yaml) against the chart's keys and the GPU index
-parameters millrace.milvus_connect uses."""
+parameters millrace.index.connect uses."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from millrace.milvus_connect import _BUILD, _SEARCH, GPU_INDEXES
+from millrace.index.connect import _BUILD, _SEARCH, GPU_INDEXES
 from tests.deployments.templates import MILVUS_VALUES, job_template, variable_defaults
 
 pytestmark = pytest.mark.unit

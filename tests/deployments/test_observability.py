@@ -74,7 +74,7 @@ def scraped_names(text: str) -> set[str]:
 
 @pytest.mark.integration
 def test_every_metric_the_dashboard_and_alerts_use_is_exposed_after_a_real_ingest(tmp_path):
-    from millrace.samples import write_samples
+    from millrace.sources.samples import write_samples
     from serving.config import ServeSettings
     from tests.serving.harness import ingest_into, serve_app
 

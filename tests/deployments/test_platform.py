@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from millrace import platform as mp
+from millrace.platform import control as mp
 
 
 @pytest.mark.unit
@@ -58,7 +58,7 @@ def test_every_service_is_up_and_prefect_yaml_is_deployed(platform):
 @pytest.mark.integration
 def test_backfill_runs_on_the_process_worker_and_its_documents_are_searchable(platform, backfill):
     from millrace.config import load_settings
-    from serving.retrieve import Retriever
+    from millrace.search import Retriever
 
     artifacts = platform.artifacts(backfill["id"])
     # The summary's key names the collection (the physical one behind the alias, e.g. ingest-backfill-docs--v1).

@@ -6,7 +6,8 @@ import sys
 import pytest
 from pydantic import SecretStr
 
-from flows.cli import flow_options, main
+from flows.cli import main
+from flows.options import flow_options
 from millrace.config import Settings
 
 pytestmark = pytest.mark.integration

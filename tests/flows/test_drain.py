@@ -7,10 +7,10 @@ import pytest
 
 from flows.drain import drain
 from millrace import clients
-from millrace.changequeue import Change
-from millrace.sources import canonical_source_uri, path_to_uri
-from millrace.records import doc_id_for
-from serving.retrieve import Retriever
+from millrace.events.queue import Change
+from millrace.sources.base import canonical_source_uri, path_to_uri
+from millrace.documents.records import doc_id_for
+from millrace.search import Retriever
 
 pytestmark = pytest.mark.integration
 
@@ -85,25 +85,25 @@ def test_rounds_take_everything_pending_up_to_the_cap(tmp_path, settings):
 
 
 def test_a_transient_failure_is_retried_after_its_backoff_and_one_that_keeps_failing_is_set_aside(tmp_path,
-                                                                                                    settings):
-    folder, faults = tmp_path / "flaky", tmp_path / "faults"
+                                                                                                    settings,
+                                                                                                    faults_armed):
+    folder = tmp_path / "flaky"
     folder.mkdir()
-    faults.mkdir()
     (folder / "flaky report.txt").write_text(text(1, "dam"))
     (folder / "fine.txt").write_text(text(2, "dam"))
     doc = doc_id_for(path_to_uri(folder / "flaky report.txt"))
     queue = clients.change_queue(settings)
 
-    (faults / doc).write_text("timeout")  # the next extraction of this document times out, once
+    faults_armed.arm(doc, "timeout")  # the next extraction of this document times out, once
     put(settings, folder, ["flaky report.txt", "fine.txt"])
-    summary = drain_now(settings, fault_dir=str(faults), transient_backoff_s=0, drain_max_attempts=3)
+    summary = drain_now(settings, transient_backoff_s=0, drain_max_attempts=3)
     assert (summary["rounds"], summary["retrying"], summary["dead"]) == (2, 1, 0)  # due at once: retried, indexed
     assert set(indexed(settings, folder).values()) == {"indexed"} and queue.stats(settings.collection).pending == 0
 
     (folder / "flaky report.txt").write_text(text(3, "dam"))
-    (faults / doc).write_text("timeout")
+    faults_armed.arm(doc, "timeout")
     put(settings, folder, ["flaky report.txt"])
-    summary = drain_now(settings, fault_dir=str(faults), drain_max_attempts=1)
+    summary = drain_now(settings, drain_max_attempts=1)
     assert (summary["rounds"], summary["dead"]) == (1, 1)
     stats = queue.stats(settings.collection)
     assert (stats.pending, stats.dead) == (0, 1)
@@ -121,8 +121,8 @@ def test_a_transient_failure_is_retried_after_its_backoff_and_one_that_keeps_fai
 def test_a_change_queued_as_the_lease_is_released_is_drained_by_the_same_run(tmp_path, settings, monkeypatch):
     """The relay sends no wake-up while a drain holds the lease, so the run itself must find a change that lands
     between its last look at the queue and its release (here: queued by the release itself, the worst moment)."""
-    from millrace import drain as core
-    from millrace.lease import Lease
+    from millrace.events import drain as core
+    from millrace.ledger.lease import Lease
 
     folder = tmp_path / "late"
     folder.mkdir()
@@ -155,8 +155,9 @@ def test_the_next_round_is_planned_while_a_round_commits_and_an_object_changed_m
 
     from sqlalchemy import select
 
-    from millrace import staging, versions
-    from millrace.ledger import runs
+    from millrace.ledger import staging
+    from millrace.index import versions
+    from millrace.ledger.book import runs
 
     folder = tmp_path / "overlap"
     folder.mkdir()

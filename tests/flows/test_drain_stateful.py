@@ -20,12 +20,13 @@ from sqlalchemy import select
 
 from flows.drain import drain
 from flows.ingest import ingest
-from millrace import clients, versions
-from millrace.changequeue import from_s3
+from millrace import clients
+from millrace.index import versions
+from millrace.events.queue import from_s3
 from millrace.config import load_settings
-from millrace.ledger import runs
-from millrace.s3events import S3Change
-from millrace.sources import s3_uri
+from millrace.ledger.book import runs
+from millrace.events.s3 import S3Change
+from millrace.sources.base import s3_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

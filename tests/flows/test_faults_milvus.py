@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
-from millrace.ledger import pending
+from millrace.ledger.book import pending
 from tests.faultproxy import wait_until
 from tests.flows.test_faults_s3 import clean_rows, run_states
 from tests.flows.test_mirror import rows, words
@@ -40,7 +40,7 @@ def restart(server, timeout: float = 90.0) -> None:
 
 
 def serving(uri: str) -> bool:
-    from millrace.milvus_connect import pymilvus
+    from millrace.index.connect import pymilvus
 
     try:
         pymilvus().MilvusClient(uri=uri, timeout=5).list_collections()

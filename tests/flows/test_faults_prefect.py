@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from millrace import clients
 from millrace.config import load_settings
-from millrace.ledger import pending, runs
+from millrace.ledger.book import pending, runs
 from tests.conftest import ROOT, free_port
 from tests.faultproxy import wait_until
 from tests.flows.test_faults_s3 import clean_rows, run_states

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
-from millrace.ledger import runs
-from millrace.records import doc_id_for
-from millrace.sources import s3_uri
+from millrace.ledger.book import runs
+from millrace.documents.records import doc_id_for
+from millrace.sources.base import s3_uri
 from tests.faultproxy import FaultProxy
 from tests.flows.test_mirror import rows, words
 

@@ -1,6 +1,6 @@
 """Poison documents through the real JVM: a parse that hangs, and one that halts the JVM (taking its process along).
 
-The faults are markers in MILLRACE_FAULT_DIR (millrace.pipeline.jvm_fault) acting inside Tika's timed parse thread,
+The faults are markers in MILLRACE_TEST_FAULT_DIR (tests/hooks/faults.py) acting inside Tika's timed parse thread,
 so the real timeout, the real worker death and Dask's real rescheduling run. Each test checks the mirror: the
 primary keys in Milvus equal a clean run's of the same folder, with the poison document's previous version served
 until the run after the fault is gone indexes it."""
@@ -15,9 +15,11 @@ import pytest
 from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
-from millrace.records import doc_id_for
-from millrace.sources import path_to_uri
-from millrace.status import status_report
+from millrace.documents.records import doc_id_for
+from millrace.sources.base import path_to_uri
+from millrace.ledger.collection_report import status_report
+from tests.conftest import HOOKS_SITE
+from tests.hooks.faults import Faults
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,8 +69,7 @@ def env(tmp_path, settings, monkeypatch):
     """A folder indexed once (edition 1) in-process, then edited (edition 2); the clean run of edition 2 into a
     collection of its own; the fault folder. Yields (folder, collection, doc ids, faults, old rows, clean rows)."""
     monkeypatch.delenv("MILLRACE_DASK_ADDRESS")
-    folder, faults = tmp_path / "docs", tmp_path / "faults"
-    faults.mkdir()
+    folder, faults = tmp_path / "docs", Faults()
     ids = write(folder, "one")
     assert run(folder, settings.collection)["indexed"] == len(NAMES)
     old = rows(settings.collection)
@@ -76,14 +77,14 @@ def env(tmp_path, settings, monkeypatch):
     assert run(folder, settings.collection + "_clean")["indexed"] == len(NAMES)
     clean = rows(settings.collection + "_clean")
     assert of(ids[0], clean) != of(ids[0], old)
-    monkeypatch.setenv("MILLRACE_FAULT_DIR", str(faults))
-    return folder, settings.collection, ids, faults, old, clean
+    yield folder, settings.collection, ids, faults, old, clean
+    faults.clear()
 
 
 def test_a_document_that_halts_the_jvm_is_isolated_from_its_batch_and_retried_later(env, monkeypatch):
     folder, collection, ids, faults, old, clean = env
     poison = ids[0]
-    (faults / poison).write_text("jvm_exit")
+    faults.arm(poison, "jvm_exit")
     # The flow's own LocalCluster (flows.runner), one worker process that its nanny restarts, batches of three: the
     # poison's batch kills the worker twice, its halves are tried, and the poison alone kills it twice more.
     monkeypatch.setenv("MILLRACE_INPROCESS_MAX_DOCS", "0")
@@ -94,7 +95,7 @@ def test_a_document_that_halts_the_jvm_is_isolated_from_its_batch_and_retried_la
     assert "worker process died 4 times" in summary["failures"][0]["detail"]
     assert_failed_but_served(summary, collection, poison, "worker_lost", old, clean)
 
-    (faults / poison).unlink()
+    faults.disarm(poison)
     monkeypatch.delenv("MILLRACE_INPROCESS_MAX_DOCS")
     retried = run(folder, collection)
     assert (retried["processed"], retried["indexed"], retried["reconciled"]) == (1, 1, True)
@@ -104,13 +105,13 @@ def test_a_document_that_halts_the_jvm_is_isolated_from_its_batch_and_retried_la
 def test_a_parse_that_hangs_times_out_and_the_rest_of_the_batch_is_indexed(env, monkeypatch):
     folder, collection, ids, faults, old, clean = env
     poison = ids[2]
-    (faults / poison).write_text("hang")
+    faults.arm(poison, "hang")
     monkeypatch.setenv("MILLRACE_PARSE_TIMEOUT_S", "2")
     summary = run(folder, collection)  # in-process: this process's own JVM and parse timeout
     assert summary["failures"][0]["detail"] == "parse exceeded 2s"
     assert_failed_but_served(summary, collection, poison, "timeout", old, clean)
 
-    (faults / poison).unlink()
+    faults.disarm(poison)
     retried = run(folder, collection)
     assert (retried["processed"], retried["indexed"], retried["reconciled"]) == (1, 1, True)
     assert rows(collection) == clean
@@ -123,14 +124,16 @@ def test_a_jvm_death_in_the_flow_process_is_recovered_by_the_next_run(env, tmp_p
     # A home of its own: Milvus Lite lets one process open its data, and this one holds the fixture's.
     monkeypatch.setenv("MILLRACE_HOME", str(tmp_path / "home-crash"))
     poison = ids[-1]  # the last batch: earlier ones are staged in Milvus and the ledger when the process dies
-    (faults / poison).write_text("jvm_exit")
+    faults.arm(poison, "jvm_exit")
     monkeypatch.setenv("MILLRACE_DOCS_PER_BATCH", "2")  # a handful of documents would otherwise be one batch
     child = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(folder), "--collection", collection],
-                           env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
+                           env={**os.environ, "PREFECT_API_URL": prefect_api,  # with the hooks: its sitecustomize
+                                "PYTHONPATH": os.pathsep.join([str(HOOKS_SITE), os.environ.get("PYTHONPATH", "")])},
+                           capture_output=True, text=True,
                            timeout=180)
     assert child.returncode == 134, child.stderr[-2000:]
 
-    (faults / poison).unlink()
+    faults.disarm(poison)
     summary = run(folder, collection)
     [recovered] = summary["recovered"]
     assert recovered["action"] == "rolled back" and recovered["chunks_removed"] > 0

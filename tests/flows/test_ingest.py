@@ -8,7 +8,7 @@ import pytest
 from flows.ingest import ingest
 from millrace.clients import milvus_store
 from millrace.config import load_settings
-from serving.retrieve import Retriever
+from millrace.search import Retriever
 from tests.conftest import free_port, wait_port
 
 pytestmark = pytest.mark.integration
@@ -116,9 +116,9 @@ def test_same_flow_on_an_existing_scheduler_with_two_workers(loopback_dask, samp
     assert set(client.run(_jvm_started).values()) == {True}
 
     def models_loaded():
-        import millrace.embed
+        import millrace.documents.embed
 
-        return len(millrace.embed._models)
+        return len(millrace.documents.embed._models)
 
     per_worker = client.run(models_loaded)
     assert len(per_worker) == 2 and all(n == 1 for n in per_worker.values()), per_worker

@@ -1,4 +1,4 @@
-"""Milvus Lite's index by size (millrace.lite_index): the run that finds the collection past the threshold copies it
+"""Milvus Lite's index by size (millrace.index.lite_index): the run that finds the collection past the threshold copies it
 into an IVF_FLAT collection and swaps it in, under searches that never fail nor come back empty; nothing is
 re-embedded, duplicated or lost, and the next runs neither copy again nor change a thing."""
 
@@ -8,10 +8,11 @@ from urllib.parse import unquote
 import pytest
 
 from flows.ingest import ingest
-from millrace import clients, versions
+from millrace import clients
+from millrace.index import versions
 from millrace.config import load_settings
-from millrace.milvus_connect import nlist_for, nprobe_for
-from serving.retrieve import Retriever
+from millrace.index.connect import nlist_for, nprobe_for
+from millrace.search import Retriever
 from tests.flows.test_rebuild import QUERIES, SearchLoop
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from millrace.samples import write_records
+from millrace.sources.samples import write_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

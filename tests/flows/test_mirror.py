@@ -11,9 +11,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
-from millrace.records import doc_id_for
-from millrace.sources import path_to_uri, uri_to_path
-from serving.retrieve import Retriever, cite
+from millrace.documents.records import doc_id_for
+from millrace.sources.base import path_to_uri, uri_to_path
+from millrace.search import Retriever, cite
+from tests.hooks.faults import Faults
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +85,14 @@ def test_filtered_and_subfolder_runs_delete_nothing_outside_their_scope(tmp_path
     monkeypatch.delenv("MILLRACE_INCLUDE")
     named = run(folder, settings, objects=["b.txt", "sub/d.md"])
     assert (named["seen"], named["deleted"]) == (1, 1) and not any(d == b_id for d, _, _ in rows(settings))
-    from millrace.status import status_report
+    from millrace.ledger.collection_report import status_report
 
     last = status_report(settings)["last_run"]
     assert last["scope"]["objects"] == ["b.txt", "sub/d.md"] and last["reconciled"]
 
 
 def test_a_reparse_that_times_out_keeps_the_previous_version_and_the_next_run_retries_it(tmp_path, settings,
-                                                                                         monkeypatch):
+                                                                                         faults_armed):
     folder = tmp_path / "docs"
     folder.mkdir()
     report = folder / "tide report.txt"
@@ -99,16 +100,13 @@ def test_a_reparse_that_times_out_keeps_the_previous_version_and_the_next_run_re
     (folder / "other.txt").write_text(words(2))
     run(folder, settings)
     report.write_text(words(1) + " Addendum: the gauge was replaced by a radar sensor.")
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    (faults / doc_id_for(path_to_uri(report))).write_text("timeout")
-    monkeypatch.setenv("MILLRACE_FAULT_DIR", str(faults))
+    faults_armed.arm(doc_id_for(path_to_uri(report)), "timeout")
     failing = run(folder, load_settings(collection=settings.collection))
     assert (failing["failed"], failing["failures"][0]["reason"], failing["reconciled"]) == (1, "timeout", True)
     retriever = Retriever(settings, clients.milvus_store(settings))
     top = retriever.search(words(1), k=1)[0]
     assert cite(top) == "tide report.txt" and "radar" not in top.text  # the previous version is still served
-    from millrace.status import status_report
+    from millrace.ledger.collection_report import status_report
 
     doc = next(d for d in status_report(settings)["documents"] if d["source_uri"].endswith("tide%20report.txt"))
     assert doc["state"] == "failed" and doc["reason"] == "timeout" and doc["serving_previous_version"]
@@ -131,13 +129,14 @@ class MirrorMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self):
         self.folder = self.base / uuid.uuid4().hex[:8]
-        self.faults = self.folder.parent / (self.folder.name + "-faults")
+        self.faults = Faults()
         self.folder.mkdir()
-        self.faults.mkdir()
-        os.environ["MILLRACE_FAULT_DIR"] = str(self.faults)
         self.s = load_settings(collection=f"m_{uuid.uuid4().hex[:8]}")
         self.files: dict[str, str] = {}
         self.n = 0
+
+    def teardown(self):
+        self.faults.clear()
 
     def _write(self, rel: str, text: str) -> None:
         path = self.folder / rel
@@ -184,15 +183,15 @@ class MirrorMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def fail_next_parse(self, data):
         rel = data.draw(st.sampled_from(sorted(self.files)))
-        (self.faults / doc_id_for(path_to_uri(self.folder / rel))).write_text("timeout")
+        self.faults.arm(doc_id_for(path_to_uri(self.folder / rel)), "timeout")
 
     def _run(self, source, **kwargs) -> set[str]:
         """Run an ingest; returns the documents whose injected fault it consumed."""
-        armed = {p.name for p in self.faults.iterdir()}
+        armed = self.faults.armed()
         before = rows(self.s)
         summary = ingest(source=str(source), collection=self.s.collection, **kwargs)
         assert summary["reconciled"]
-        hit = armed - {p.name for p in self.faults.iterdir()}
+        hit = armed - self.faults.armed()
         after = rows(self.s)
         for doc in hit:  # a transient failure keeps exactly the previous version
             assert {r for r in after if r[0] == doc} == {r for r in before if r[0] == doc}
@@ -201,8 +200,9 @@ class MirrorMachine(RuleBasedStateMachine):
     @rule()
     def full_run(self):
         hit = self._run(self.folder)
-        clean = self.s.model_copy(update={"collection": f"clean_{uuid.uuid4().hex[:8]}", "fault_dir": ""})
-        ingest(source=str(self.folder), collection=clean.collection, options={"fault_dir": ""})
+        clean = self.s.model_copy(update={"collection": f"clean_{uuid.uuid4().hex[:8]}"})
+        with self.faults.set_aside():  # the clean run meets no fault
+            ingest(source=str(self.folder), collection=clean.collection)
         want = {r for r in rows(clean) if r[0] not in hit}
         assert {r for r in rows(self.s) if r[0] not in hit} == want
         clients.milvus_store(clean).client.drop_collection(clean.collection)
@@ -230,16 +230,13 @@ def uri_of(settings, doc_id: str) -> str:
 def test_the_index_mirrors_the_folder_under_random_edits_names_scopes_and_faults(tmp_path, settings, monkeypatch):
     monkeypatch.setenv("MILLRACE_TRANSIENT_BACKOFF_S", "0")  # every full run retries what failed transiently
     MirrorMachine.base = tmp_path
-    try:
-        MirrorMachine.TestCase.settings = hsettings(max_examples=4, stateful_step_count=9, deadline=None,
-                                                     suppress_health_check=list(HealthCheck))
-        MirrorMachine.TestCase().runTest()
-    finally:
-        os.environ.pop("MILLRACE_FAULT_DIR", None)
+    MirrorMachine.TestCase.settings = hsettings(max_examples=4, stateful_step_count=9, deadline=None,
+                                                 suppress_health_check=list(HealthCheck))
+    MirrorMachine.TestCase().runTest()
 
 
 def test_s3_keys_that_need_encoding_are_indexed_cited_and_deleted_by_a_named_run(s3_env, settings):
-    from millrace.sources import s3_event_key, s3_location, s3_uri
+    from millrace.sources.base import s3_event_key, s3_location, s3_uri
 
     s3 = s3_env
     bucket = f"messy-{uuid.uuid4().hex[:6]}"

@@ -10,13 +10,13 @@ import pytest
 from flows.ingest import ingest
 from flows.drain import drain
 from millrace import clients
-from millrace.changequeue import from_s3
+from millrace.events.queue import from_s3
 from millrace.config import load_settings
-from millrace.doc_status import doc_report, format_doc
-from millrace.records import doc_id_for
-from millrace.s3events import S3Change
-from millrace.sources import path_to_uri, s3_uri
-from serving.retrieve import Retriever
+from millrace.ledger.document_report import doc_report, format_doc
+from millrace.documents.records import doc_id_for
+from millrace.events.s3 import S3Change
+from millrace.sources.base import path_to_uri, s3_uri
+from millrace.search import Retriever
 
 pytestmark = pytest.mark.integration
 

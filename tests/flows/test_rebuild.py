@@ -12,9 +12,10 @@ from flows.cli import main
 from flows.evaluate import EvaluationGateError
 from flows.ingest import ingest
 from flows.rebuild import rebuild, rollback
-from millrace import clients, versions
+from millrace import clients
+from millrace.index import versions
 from millrace.config import ConfigError, load_settings
-from serving.retrieve import Retriever
+from millrace.search import Retriever
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.integration

@@ -89,7 +89,7 @@ def _phrases(expected: str) -> list[str]:
 
 def test_phrases_from_expected_texts_find_their_files(corpus, monkeypatch):
     from millrace.config import load_settings
-    from serving.retrieve import Retriever
+    from millrace.search import Retriever
 
     monkeypatch.setenv("MILLRACE_HOME", str(corpus["home"]))
     retriever = Retriever(load_settings())

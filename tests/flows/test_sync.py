@@ -11,10 +11,11 @@ import pytest
 
 from flows.ingest import ReconciliationError, ingest
 from millrace.config import load_settings
-from millrace.ledger import Ledger
-from millrace.quality import QualityGateError
-from serving.retrieve import Retriever
+from millrace.ledger.book import Ledger
+from millrace.documents.quality import QualityGateError
+from millrace.search import Retriever
 from millrace.clients import milvus_store
+from tests.conftest import HOOKS_SITE
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,10 @@ def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(s
     cli(["ingest", str(sample_dir)], env)
     report.write_text(long_text(40, topic="reservoir"))  # every chunk of this document changes
 
-    crashed = cli(["ingest", str(sample_dir)], {**env, "MILLRACE_FAULT_INJECT": fault}, check=False)
+    # The crash point comes with the test hooks (tests/hooks/faults.py), which the subprocess's sitecustomize installs.
+    hooks = str(HOOKS_SITE) + os.pathsep + env.get("PYTHONPATH", "")
+    crashed = cli(["ingest", str(sample_dir)], {**env, "MILLRACE_TEST_CRASH_AT": fault, "PYTHONPATH": hooks},
+                  check=False)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     hits = json.loads(cli(["search", "gauge at station 12 above normal", "--json"], env).stdout)["hits"]
     assert any(h["source_uri"].endswith("river-report.txt") for h in hits)  # still searchable after the crash
@@ -141,7 +145,7 @@ def test_sigkill_between_new_write_and_old_removal_loses_nothing_and_converges(s
         ids.append(sorted((d["doc_id"], d["state"], d["chunks"]) for d in status["documents"]))
     assert ids[0] == ids[1]
     from millrace.config import Settings
-    from millrace.store import MilvusStore
+    from millrace.index.store import MilvusStore
 
     stores = [MilvusStore(Settings(home=tmp_path / h)) for h in ("home", "clean")]
     assert stores[0].chunk_ids() == stores[1].chunk_ids()

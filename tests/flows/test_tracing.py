@@ -7,7 +7,7 @@ import pytest
 from distributed import Client
 
 from flows.ingest import ingest
-from millrace import telemetry
+from millrace.observe import telemetry
 
 pytestmark = pytest.mark.integration
 

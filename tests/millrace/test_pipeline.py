@@ -2,10 +2,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from millrace.ledger import Ledger
+from millrace.ledger.book import Ledger
 from millrace.pipeline import batch_size_for, make_batches
-from millrace.plan import plan_run
-from millrace.records import DocSummary, Failure, SourceObject
+from millrace.ledger.plan import plan_run
+from millrace.documents.records import DocSummary, Failure, SourceObject
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_ledger_url_setting_points_the_ledger_anywhere(tmp_path):
 
 
 def test_a_filtered_or_named_scope_never_reaches_documents_outside_it(tmp_path):
-    from millrace.plan import Scope
+    from millrace.ledger.plan import Scope
 
     ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
     names = ["a.md", "b.txt", "sub/c.md", "sub/d.txt", "subway/e.md"]
@@ -98,7 +98,7 @@ def test_a_filtered_or_named_scope_never_reaches_documents_outside_it(tmp_path):
 
 
 def test_transient_failures_are_retried_by_later_runs_with_backoff_and_permanent_ones_are_not(tmp_path):
-    from millrace.staging import backoff_s
+    from millrace.ledger.staging import backoff_s
 
     ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
     t, p = obj("timeout.pdf"), obj("encrypted.pdf")
@@ -106,7 +106,7 @@ def test_transient_failures_are_retried_by_later_runs_with_backoff_and_permanent
         ledger.record_failed("c", Failure(doc_id=o.doc_id, source_uri=o.uri, fingerprint="1", stage="extract",
                                           reason=reason), "v1")
     with ledger.engine.begin() as conn:
-        from millrace.ledger import documents
+        from millrace.ledger.book import documents
 
         conn.execute(documents.update().where(documents.c.doc_id == t.doc_id).values(next_attempt_at=1000.0))
     early = plan_run([t, p], "file:///src", ledger, "c", "v1", now=999.0)

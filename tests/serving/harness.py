@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flows.ingest import ingest
-from millrace.samples import write_samples
+from millrace.sources.samples import write_samples
 from serving.config import ServeSettings
 from tests.conftest import free_port
 

@@ -196,7 +196,7 @@ def _counts(url: str, vllm_server) -> tuple[float, float]:
 
 
 def test_after_an_ingest_that_deletes_a_document_no_answer_cites_it(tmp_path, vllm_server, index, redis_url):
-    from millrace.samples import write_samples
+    from millrace.sources.samples import write_samples
 
     docs = tmp_path / "docs"
     write_samples(docs)

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from millrace import clients, versions
-from millrace.store import MilvusStore
+from millrace import clients
+from millrace.index import versions
+from millrace.index.store import MilvusStore
 from serving.cache import make_cache
 from serving.config import ServeSettings
 from serving.metrics import Metrics
@@ -44,7 +45,7 @@ def test_a_snapshot_is_reused_until_the_ledger_commits(service, monkeypatch):
     second = snap()
     assert second.version != first.version and len(reads) == 2 and snap() is second
 
-    code = "import sys; from millrace.ledger import Ledger; Ledger(sys.argv[1]).set_run_state('run-1', 'done')"
+    code = "import sys; from millrace.ledger.book import Ledger; Ledger(sys.argv[1]).set_run_state('run-1', 'done')"
     subprocess.run([sys.executable, "-c", code, service.settings.resolved_ledger_url], check=True)
     third = snap()  # another process's commit
     assert third.version not in (first.version, second.version) and len(reads) == 3

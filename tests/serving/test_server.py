@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from millrace.samples import write_samples
+from millrace.sources.samples import write_samples
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

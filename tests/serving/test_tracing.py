@@ -10,8 +10,8 @@ import logging
 import httpx
 import pytest
 
-from millrace import telemetry
-from millrace.logs import ContextFilter
+from millrace.observe import telemetry
+from millrace.observe.logs import ContextFilter
 from tests.serving.harness import serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from millrace import clients
-from millrace.changequeue import Change, ChangeQueue
+from millrace.events.queue import Change, ChangeQueue
 from serving.watermark import WatermarkCache
 from tests.serving.harness import serve_app
 

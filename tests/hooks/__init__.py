@@ -1,0 +1,1 @@
+"""Seams the tests install into the product's processes: fault injection and crash points (faults.py)."""
