@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The real vLLM server (community CPU build) of serving/devllm.py, in its own venv: it pins its own stack.
+# The real vLLM server (community CPU build) of dev/devllm.py, in its own venv: it pins its own stack.
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 # Pathway 0.33, the peer of bench/peer_freshness.py, in its own venv (it needs beartype<0.23); only `make bench` builds it.
@@ -61,7 +61,7 @@ install: $(STAMP)
 
 # A tiny random-weight model served by the real vLLM (CPU) on :8001, for trying answers out; Ctrl-C stops it.
 llm: $(STAMP)
-	$(BIN)/python -m serving.devllm serve
+	$(BIN)/python -m dev.devllm serve
 
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo

@@ -126,7 +126,7 @@ class Platform:
         return f"uploads/log {self.tag} #{i}.txt"
 
     def uri(self, i: int) -> str:
-        from millrace.sources.base import s3_uri
+        from millrace.uris import s3_uri
 
         return s3_uri(self.bucket, self.key(i))
 

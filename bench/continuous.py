@@ -54,7 +54,7 @@ _local = threading.local()
 def committed(p: Platform, keys: dict[str, float]) -> dict[str, float]:
     """key -> the ledger's commit time, for the keys that are indexed."""
     from millrace import clients
-    from millrace.sources.base import s3_uri
+    from millrace.uris import s3_uri
 
     s = settings_of(p)
     by_uri = {s3_uri(p.bucket, k): k for k in keys}

@@ -106,7 +106,7 @@ def keyed_warmup(key: str):
 
 
 def start_llm(model_dir: Path, name: str):
-    from serving import devllm
+    from dev import devllm
 
     port = free_port()
     proc = devllm.start_vllm(model_dir, port, log_path=WORK / f"{name}.log")
@@ -147,7 +147,7 @@ def main() -> None:
     if len(steps) * args.step_s > 360:
         ap.error("the ramp is bounded to 6 minutes: fewer steps or shorter ones")
     from serve import ensure_index
-    from serving import devllm
+    from dev import devllm
 
     started, r = time.perf_counter(), {"args": vars(args)}
     source = ROOT / ".millrace" / "bench-serve" / f"scifact-{args.limit or 'all'}"

@@ -134,7 +134,7 @@ class MillraceWatch(Peer):
     def _tail(self) -> None:
         import sqlite3
 
-        from millrace.sources.base import uri_to_path
+        from millrace.uris import uri_to_path
 
         db = self.home / "ledger.sqlite"
         while not self._stop.is_set():

@@ -123,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="millrace-serve-bench-") as tmp:
         tmp, vllm, llm_env, extra = Path(tmp), None, {}, {"ignore_eos": True}  # every answer is max_tokens long
         if not args.skip_llm:
-            from serving import devllm
+            from dev import devllm
 
             model_dir, port = devllm.build_tiny_model(tmp / devllm.NAME), free_port()
             vllm = devllm.start_vllm(model_dir, port, log_path=tmp / "vllm.log")

@@ -24,6 +24,6 @@ class TikaBlock(Block):
     def get_client(self):
         """An Extractor for this configuration."""
         from millrace.config import Settings
-        from millrace.documents.extract import make_extractor
+        from millrace.documents.extractors import make_extractor
 
         return make_extractor(Settings(**{k: v for k, v in self.to_settings().items() if v}))

@@ -75,7 +75,7 @@ def cmd_ingest(args: argparse.Namespace, load: cli.SettingsLoader) -> int:
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        from millrace.ledger.collection_report import describe_scope
+        from millrace.observe.collection_report import describe_scope
 
         print(f"scope: {describe_scope(summary['scope'])}")
         print(f"{summary['seen']} seen, {summary['indexed']} indexed, {summary['skipped']} unchanged, "

@@ -27,7 +27,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks import load_settings
-from flows.ingest import finish, ingest_steps, run_ingest, warm_cluster
+from flows.batches import warm_cluster
+from flows.ingest import finish, ingest_steps, run_ingest
 from flows.runner import WarmCluster, dask_task_runner
 from millrace import clients
 from millrace.index import lite_index, versions

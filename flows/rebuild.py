@@ -23,7 +23,7 @@ from millrace import evaluate as ev
 from millrace.config import ConfigError, Settings
 from millrace.ledger.book import documents
 from millrace.ledger.lease import Lease
-from millrace.sources.base import canonical_source_uri
+from millrace.uris import canonical_source_uri
 
 # Parameters as `= Field(default, description=...)`: Prefect 3.8 shows those descriptions in its run form (it drops
 # the ones inside Annotated).

@@ -60,8 +60,8 @@ def _secs(v: float) -> str:
 
 def ingest_report(s: dict[str, Any]) -> str:
     """The run's summary: narrow tables with units (they must fit the Prefect UI's artifact pane), never reprs."""
-    from millrace.sources.base import display_name
-    from millrace.ledger.collection_report import describe_scope
+    from millrace.uris import display_name
+    from millrace.observe.collection_report import describe_scope
 
     scope = s.get("scope") or {"source": s["source"]}
     rate = f"{s['docs_per_s']:.2f} documents/s, {s['chunks_per_s']:.1f} chunks/s"

@@ -14,7 +14,7 @@ from millrace.config import Settings
 MAX_LOCAL_WORKERS = 8  # each worker process holds a model copy and a JVM (up to MILLRACE_TIKA_HEAP)
 # For the LocalClusters started here. A task may see one worker death (a killed process, a neighbour's OOM) and be
 # rescheduled; at the second Dask gives up with KilledWorker and the flow splits the batch to corner the document
-# that kills its worker (flows.ingest._stream). Each halving costs allowed + 1 worker restarts, so Dask's default
+# that kills its worker (flows.batches._stream). Each halving costs allowed + 1 worker restarts, so Dask's default
 # of 3 would take twice as long. And a worker runs only as many batches as it has threads (Dask's default
 # saturation queues one more on it), so a death is blamed on the batch that was running, not a bystander.
 # A configured scheduler (MILLRACE_DASK_ADDRESS) keeps its own settings.
@@ -74,7 +74,7 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
 
 @dataclass
 class WarmCluster:
-    """A task runner whose workers have loaded the model, JVM and GX context (flows.ingest.warm_cluster): a
+    """A task runner whose workers have loaded the model, JVM and GX context (flows.batches.warm_cluster): a
     draining run holds one for all its rounds instead of connecting and warming up per round."""
     runner: DaskTaskRunner
     slots: int

@@ -176,11 +176,11 @@ def cmd_search(args: argparse.Namespace, load: SettingsLoader) -> int:
 
 
 def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
-    from millrace.ledger.collection_report import format_status, status_report
+    from millrace.observe.collection_report import format_status, status_report
 
     settings = settings_from(args, load)
     if args.doc:
-        from millrace.ledger.document_report import doc_report, format_doc
+        from millrace.observe.document_report import doc_report, format_doc
 
         report = doc_report(settings, args.doc)
         print(json.dumps(report, default=str) if args.json else format_doc(report))

@@ -1,41 +1,25 @@
 """The one factory for the clients every entry point shares (CLI, flows, evaluation, serving).
 
-Each client is built lazily, once per process and configuration, and reused: Milvus Lite admits a single opener per
-data file, a model or a JVM is expensive to load, and servers prefer reused channels. Cache keys hold only the
-settings a client depends on; a secret enters a key as a digest, never as its value."""
+Each client is built lazily, once per process and configuration, and reused (millrace.registry holds them): Milvus
+Lite admits a single opener per data file, a model or a JVM is expensive to load, and servers prefer reused
+channels. The rooms below build the clients they need from the same cache (the ledger, the store, the queue, the
+S3 filesystem), so a process holds one of each whichever door asked first."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
 from typing import TYPE_CHECKING
 
+from millrace import registry
 from millrace.config import Settings
 
 if TYPE_CHECKING:
-    from millrace.events.queue import ChangeQueue
     from millrace.documents.chunk import Chunker
     from millrace.documents.embed import Embedder
     from millrace.documents.extract import Extractor
+    from millrace.events.queue import ChangeQueue
+    from millrace.index.store import MilvusStore
     from millrace.ledger.book import Ledger
     from millrace.sources.base import Source
-    from millrace.index.store import MilvusStore
-
-_lock = threading.RLock()
-_cache: dict[tuple, object] = {}
-
-
-def _digest(secret) -> str:
-    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret or "")
-    return hashlib.sha256(value.encode()).hexdigest()[:16] if value else ""
-
-
-def _get(key: tuple, build):
-    with _lock:
-        if key not in _cache:
-            _cache[key] = build()
-        return _cache[key]
 
 
 def model_key(settings: Settings) -> tuple:
@@ -44,44 +28,42 @@ def model_key(settings: Settings) -> tuple:
 
 def milvus_store(settings: Settings, collection: str | None = None) -> "MilvusStore":
     """The store for a collection; one client per Milvus URI, database and credentials in this process."""
-    from millrace.index.store import MilvusStore
+    from millrace.index.store import shared_store
 
-    name = collection or settings.collection
-    key = ("milvus", settings.resolved_milvus_uri, settings.milvus_db, _digest(settings.milvus_token),
-           settings.milvus_index, settings.milvus_metric, settings.full_text, name)
-    return _get(key, lambda: MilvusStore(settings, name))
+    return shared_store(settings, collection)
 
 
 def ledger(settings: Settings) -> "Ledger":
-    from millrace.ledger.book import Ledger
+    from millrace.ledger.book import shared_ledger
 
-    return _get(("ledger", settings.resolved_ledger_url), lambda: Ledger(settings.resolved_ledger_url))
+    return shared_ledger(settings)
 
 
 def change_queue(settings: Settings) -> "ChangeQueue":
-    from millrace.events.queue import ChangeQueue
+    from millrace.events.queue import shared_queue
 
-    return _get(("queue", settings.resolved_ledger_url), lambda: ChangeQueue(settings.resolved_ledger_url))
+    return shared_queue(settings)
 
 
 def embedder(settings: Settings) -> "Embedder":
     from millrace.documents.embed import Embedder
 
-    return _get(("embedder", *model_key(settings)), lambda: Embedder(settings))
+    return registry.shared(("embedder", *model_key(settings)), lambda: Embedder(settings))
 
 
 def chunker(settings: Settings) -> "Chunker":
     from millrace.documents.chunk import Chunker
 
-    return _get(("chunker", settings.model, settings.chunk_size, settings.chunk_overlap), lambda: Chunker(settings))
+    key = ("chunker", settings.model, settings.chunk_size, settings.chunk_overlap)
+    return registry.shared(key, lambda: Chunker(settings))
 
 
 def extractor(settings: Settings) -> "Extractor":
-    from millrace.documents.extract import make_extractor
+    from millrace.documents.extractors import make_extractor
 
     key = ("extractor", settings.tika_endpoint, settings.tika_jar, settings.tika_heap, settings.parse_timeout_s,
            settings.max_text_chars)
-    return _get(key, lambda: make_extractor(settings))
+    return registry.shared(key, lambda: make_extractor(settings))
 
 
 def redis(url: str):
@@ -89,20 +71,15 @@ def redis(url: str):
     hangs would make every request hang, and a failed cache call is only a miss."""
     import redis as redis_lib
 
-    return _get(("redis", _digest(url)), lambda: redis_lib.Redis.from_url(
+    return registry.shared(("redis", registry.digest(url)), lambda: redis_lib.Redis.from_url(
         url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=30))
 
 
 def s3_filesystem(settings: Settings):
-    """One s3fs filesystem per endpoint, region and credentials in this process. Building one loads botocore's
-    service models (~0.1-0.3 s of CPU), which every batch of a draining round used to pay on its worker. It caches no
-    listings (millrace.sources.s3.s3_filesystem), so a reused one sees what the bucket holds now. The process id is in
-    the key because s3fs' event loop thread does not survive a fork."""
-    from millrace.sources.s3 import s3_filesystem as build
+    """One s3fs filesystem per endpoint, region and credentials in this process (millrace.sources.s3)."""
+    from millrace.sources.s3 import shared_filesystem
 
-    key = ("s3", os.getpid(), settings.s3_endpoint_url, settings.s3_region, settings.s3_key,
-           _digest(settings.s3_secret))
-    return _get(key, lambda: build(settings))
+    return shared_filesystem(settings)
 
 
 def source(uri: str, settings: Settings) -> "Source":
@@ -114,12 +91,4 @@ def source(uri: str, settings: Settings) -> "Source":
 
 def forget(settings: Settings | None = None) -> None:
     """Drop cached clients (all, or those of one Milvus URI), closing Milvus connections; for tests and benchmarks."""
-    with _lock:
-        for key in list(_cache):
-            if settings is None or (key[0] == "milvus" and key[1] == settings.resolved_milvus_uri):
-                client = _cache.pop(key)
-                if key[0] == "milvus":
-                    try:
-                        client.close()
-                    except Exception:  # already closed or unreachable: nothing to release
-                        pass
+    registry.forget(None if settings is None else settings.resolved_milvus_uri)

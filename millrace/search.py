@@ -12,7 +12,7 @@ from millrace.index import versions
 from millrace.config import ConfigError, Settings
 from millrace.documents.embed import Embedder, model_id
 from millrace.documents.records import Hit
-from millrace.sources.base import display_name
+from millrace.uris import display_name
 from millrace.index.store import MilvusStore
 
 

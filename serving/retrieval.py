@@ -17,7 +17,7 @@ from millrace.observe import telemetry
 from millrace.index import versions
 from millrace.config import ConfigError
 from millrace.ledger.change_token import LedgerWatch
-from millrace.sources.base import canonical_source_uri, s3_uri
+from millrace.uris import canonical_source_uri, s3_uri
 from millrace.index.store import MilvusStore
 from serving.batcher import MicroBatcher
 from serving.cache import MemoryCache, digest

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from millrace import clients
 from millrace.index import versions
-from millrace.sources.base import display_name, s3_location, uri_to_path
+from millrace.uris import display_name, s3_location, uri_to_path
 from serving import routes
 from serving.errors import ServingError
 

@@ -1,1 +1,3 @@
-"""Prefect tasks: thin wrappers over millrace's plain stage functions."""
+"""Prefect tasks: thin wrappers over millrace's plain stage functions.
+
+May import: the core (millrace) only."""

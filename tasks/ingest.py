@@ -13,7 +13,8 @@ from prefect.runtime import flow_run
 
 from millrace import clients, pipeline
 from millrace.observe import logs, telemetry
-from millrace.ledger import plan, staging
+from millrace.index import staging
+from millrace.ledger import plan
 from millrace.config import ConfigError, Settings, load_settings
 from millrace.ledger.plan import Scope
 from millrace.documents.records import BatchResult, SourceObject

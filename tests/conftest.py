@@ -38,6 +38,8 @@ if "MILLRACE_MODEL_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["MILLRACE_MODEL_CACHE"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny model's vLLM server and Redis (tests/dev/servers.py), for the serving tests and dev/'s own.
+pytest_plugins = ["tests.dev.servers"]
 SHARED = Path(os.environ.get("MILLRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from millrace.documents import ocr, parse_threads
 from millrace.config import ConfigError, Settings
 from millrace.documents.records import Document, SourceObject
-from millrace.sources.base import display_name
+from millrace.uris import display_name
 from millrace.documents.transcode import mail_as_utf8
 from millrace.documents.xhtml import XhtmlError, scrub, xhtml_to_pages
 
@@ -264,11 +264,3 @@ class TikaJvmExtractor:
             raise ExtractError(_java_reason(exc), detail) from None
         xhtml, meta = result["value"]
         return build_document(obj, data, xhtml, meta, ocr.no_text_note(self.settings, ocr.has_ocr(_Jvm.types)))
-
-
-def make_extractor(settings: Settings) -> Extractor:
-    if settings.tika_endpoint:
-        from millrace.documents.tika_server import TikaServerExtractor
-
-        return TikaServerExtractor(settings)
-    return TikaJvmExtractor(settings)

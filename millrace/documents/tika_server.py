@@ -11,7 +11,7 @@ from millrace.config import ConfigError, Settings
 from millrace.documents.extract import ExtractError, build_document
 from millrace.documents.records import Document, SourceObject
 from millrace.retry import TransientError, is_transient, with_retries
-from millrace.sources.base import display_name
+from millrace.uris import display_name
 from millrace.documents.transcode import mail_as_utf8
 
 

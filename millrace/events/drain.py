@@ -21,7 +21,7 @@ from millrace.events.queue import ChangeQueue, Entry
 from millrace.config import Settings
 from millrace.ledger.book import Ledger
 from millrace.documents.records import TRANSIENT_REASONS, doc_id_for
-from millrace.sources.base import path_to_uri, s3_location, s3_uri, uri_to_path
+from millrace.uris import path_to_uri, s3_location, s3_uri, uri_to_path
 
 
 # What a draining run's lease says it is for: the relay sends no wake-ups while a run holding it is alive.

@@ -20,13 +20,13 @@ from typing import Callable, Iterable
 import watchfiles
 from sqlalchemy import select
 
-from millrace import clients
 from millrace.index import versions
-from millrace.events.queue import Change
+from millrace.events.queue import Change, shared_queue
 from millrace.config import Settings
-from millrace.ledger.book import documents
+from millrace.ledger.book import documents, shared_ledger
 from millrace.documents.records import DocState, doc_id_for
-from millrace.sources.base import LocalSource, canonical_source_uri, path_to_uri, relative_name, wanted
+from millrace.sources.base import LocalSource
+from millrace.uris import canonical_source_uri, path_to_uri, relative_name, wanted
 
 log = logging.getLogger("millrace")
 
@@ -41,7 +41,7 @@ class FolderWatcher:
         if not self.root.is_dir():
             raise NotADirectoryError(f"not a folder: {folder}")
         self.source = canonical_source_uri(str(self.root))
-        self.queue = clients.change_queue(settings)
+        self.queue = shared_queue(settings)
 
     def run(self, stop: threading.Event) -> None:
         """Watch until `stop` is set (within a `step`, 50 ms)."""
@@ -116,7 +116,7 @@ class FolderWatcher:
         documents."""
         if not gone:
             return set(), set()
-        ledger, physical = clients.ledger(self.settings), versions.active_physical(self.settings)
+        ledger, physical = shared_ledger(self.settings), versions.active_physical(self.settings)
         named = {doc_id_for(path_to_uri(self.root / rel)): rel for rel in gone}
         documents_gone = ledger.rows_for(physical, named)
         folders, inside = set(), set()

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, delete, func, select
 
 from millrace.ledger.db import engine_for
+from millrace import registry
+from millrace.config import Settings
 from millrace.events.s3 import S3Change, newer
 from millrace.sources.base import route_keys
 
@@ -32,7 +34,7 @@ changes = Table(
     "change_queue", meta,
     Column("collection", String(255), primary_key=True),
     Column("key", String(64), primary_key=True),  # sha256 of source + object: both may be long
-    Column("source", Text, nullable=False),  # canonical source URI (millrace.sources.base.canonical_source_uri)
+    Column("source", Text, nullable=False),  # canonical source URI (millrace.uris.canonical_source_uri)
     Column("object", Text, nullable=False),  # decoded path relative to the source
     Column("kind", String(16), nullable=False),  # created | removed, as last reported
     Column("sequencer", String(64), nullable=False, default=""),
@@ -277,3 +279,9 @@ def from_s3(collection: str, notices: Iterable[S3Change], sources: list[str], vi
 
 def open_queue(url: str) -> ChangeQueue:
     return ChangeQueue(url)
+
+
+def shared_queue(settings: Settings) -> ChangeQueue:
+    """This process's change queue, in the ledger's database (millrace.registry)."""
+    url = settings.resolved_ledger_url
+    return registry.shared(("queue", url), lambda: ChangeQueue(url))

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, ConfigDict
 
-from millrace.sources.base import s3_event_key
+from millrace.uris import s3_event_key
 
 # Fixed forever: event ids derive from it, and a redelivery must produce the ids it produced the first time.
 EVENT_NAMESPACE = uuid.UUID("3f6f1c52-8d0e-5b6a-9a8e-6d1b7f0c2a41")

@@ -19,7 +19,7 @@ from urllib.parse import quote_plus
 from millrace.events.queue import Entry
 from millrace.config import Settings
 from millrace.retry import with_retries
-from millrace.sources.base import s3_location
+from millrace.uris import s3_location
 
 log = logging.getLogger("millrace")
 

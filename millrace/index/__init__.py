@@ -1,1 +1,4 @@
-"""The vector index: the Milvus store, its connection, the versioned physical collections behind an alias, Lite's index by size."""
+"""The vector index: the Milvus store and its connection, staged writes committed with the ledger, versioned
+physical collections behind an alias, Lite's index by size and its one-opener lock.
+
+May import: millrace.ledger, sources, documents and the bottom modules."""

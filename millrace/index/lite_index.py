@@ -24,12 +24,11 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from millrace import clients
 from millrace.index import versions
 from millrace.config import Settings
-from millrace.ledger.book import documents, runs
+from millrace.ledger.book import documents, runs, shared_ledger
 from millrace.index.connect import nlist_for
-from millrace.index.store import SPARSE_FIELD
+from millrace.index.store import SPARSE_FIELD, shared_store
 
 IVF = "IVF_FLAT"
 # Rows per insert into the copy: Lite 2.5.1 took 19 s for one insert of 5,000 384-d rows and 0.09 s for 1,000.
@@ -47,7 +46,7 @@ def due(settings: Settings) -> int:
     physical = versions.active_physical(settings)
     if versions.physical_settings(settings, physical).milvus_index:  # chosen already (by this or a rebuild)
         return 0
-    store = clients.milvus_store(settings, physical)
+    store = shared_store(settings, physical)
     if not store.exists() or str(store.vector_index().get("index_type", "")).upper() != "FLAT":
         return 0
     rows = store.count()
@@ -63,13 +62,13 @@ def reindex(settings: Settings, rows: int, grace_s: float = versions.DEFAULT_GRA
     if log:
         log("%s holds %d chunks: copying it into %s, indexed %s with nlist %d", old, rows, new, IVF, nlist)
     try:
-        src = clients.milvus_store(versions.physical_settings(settings, old))
-        dst = clients.milvus_store(versions.physical_settings(settings, new))
+        src = shared_store(versions.physical_settings(settings, old))
+        dst = shared_store(versions.physical_settings(settings, new))
         field = next(f for f in src.describe()["fields"] if f["name"] == "vector")
         dst.ensure_collection(int(field["params"]["dim"]), src.collection_model())
         copied = copy_rows(src, dst)
         _copy_ledger(settings, old, new)
-        have, expected = dst.count(), clients.ledger(settings).chunk_total(new)
+        have, expected = dst.count(), shared_ledger(settings).chunk_total(new)
         if not copied == have == expected == src.count():
             raise ReindexError(f"copy of {old} into {new}: {copied} rows copied, {have} in Milvus, the ledger "
                                f"expects {expected}; {old} keeps serving")
@@ -100,7 +99,7 @@ def copy_rows(src, dst) -> int:
 
 def _copy_ledger(settings: Settings, old: str, new: str) -> None:
     """The documents and finished runs of `old` as `new`'s: its status, later runs' plans and rebuilds' scopes."""
-    ledger = clients.ledger(settings)
+    ledger = shared_ledger(settings)
     for page in ledger.pages(documents, documents.c.collection == old, size=1000):
         with ledger.engine.begin() as conn:
             conn.execute(documents.insert(), [{**r, "collection": new} for r in page])

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from millrace.config import ConfigError, Settings
+from millrace import registry
 from millrace.index.connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
                                      SERVER_INDEXES, build_params, choose_index, connect, pymilvus, search_params)
 from millrace.documents.records import Chunk, Hit
@@ -377,3 +378,11 @@ class MilvusStore:
                 found = [h for h in found if h.doc_id not in seen and not seen.add(h.doc_id)]
             out.append(found[:k])
         return out
+
+
+def shared_store(settings: Settings, collection: str | None = None) -> MilvusStore:
+    """This process's store for a collection: one client per Milvus URI, database and credentials (millrace.registry)."""
+    name = collection or settings.collection
+    key = ("milvus", settings.resolved_milvus_uri, settings.milvus_db, registry.digest(settings.milvus_token),
+           settings.milvus_index, settings.milvus_metric, settings.full_text, name)
+    return registry.shared(key, lambda: MilvusStore(settings, name))

@@ -30,9 +30,9 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from millrace import clients
 from millrace.config import ConfigError, Settings
-from millrace.ledger.book import collections, documents, runs
+from millrace.index.store import shared_store
+from millrace.ledger.book import collections, documents, runs, shared_ledger
 from millrace.retry import TransientError, with_retries
 
 DEFAULT_GRACE_S = 24 * 3600.0
@@ -63,7 +63,7 @@ def has_aliases(settings: Settings) -> bool:
 
 
 def _store(settings: Settings, name: str):
-    return clients.milvus_store(settings, name)
+    return shared_store(settings, name)
 
 
 def _record(row) -> CollectionVersion:
@@ -75,12 +75,12 @@ def registry(settings: Settings, logical: str | None = None) -> list[CollectionV
     """The physical collections of a logical name, newest version first (retired ones included, as history)."""
     q = (select(collections).where(collections.c.logical == (logical or settings.collection))
          .order_by(collections.c.version.desc()))
-    with clients.ledger(settings).engine.connect() as conn:
+    with shared_ledger(settings).engine.connect() as conn:
         return [_record(r) for r in conn.execute(q)]
 
 
 def _registered(settings: Settings, physical: str) -> CollectionVersion | None:
-    with clients.ledger(settings).engine.connect() as conn:
+    with shared_ledger(settings).engine.connect() as conn:
         row = conn.execute(select(collections).where(collections.c.physical == physical)).first()
     return _record(row) if row is not None else None
 
@@ -149,7 +149,7 @@ def _mirror_alias(settings: Settings) -> None:
         return
     known = _registered(settings, target)
     model = "" if known else (_store(settings, target).collection_model() or "")
-    with clients.ledger(settings).engine.begin() as conn:
+    with shared_ledger(settings).engine.begin() as conn:
         if active is not None:
             _set(conn, active.physical, state="previous", retire_after=time.time() + DEFAULT_GRACE_S)
         if known is None:
@@ -171,7 +171,7 @@ def ensure_registered(settings: Settings) -> str:
     legacy = _store(settings, settings.collection).exists()
     version = 0 if legacy or not has_aliases(settings) else 1
     model = (_store(settings, settings.collection).collection_model() or "") if legacy else model_id(settings)
-    with clients.ledger(settings).engine.begin() as conn:
+    with shared_ledger(settings).engine.begin() as conn:
         return _insert(conn, settings, version, "active", model=model)
 
 
@@ -213,7 +213,7 @@ def new_version(settings: Settings, overrides: dict[str, Any] | None = None,
     while _store(settings, physical_name(settings.collection, version)).exists():  # left by a lost ledger
         version += 1
     model = model_id(settings.model_copy(update={k: v for k, v in options.items() if k in PINNABLE}))
-    with clients.ledger(settings).engine.begin() as conn:
+    with shared_ledger(settings).engine.begin() as conn:
         return _insert(conn, settings, version, "building", model=model, options=options,
                        retire_after=time.time() + grace_s)
 
@@ -254,7 +254,7 @@ def swap(settings: Settings, physical: str, grace_s: float = DEFAULT_GRACE_S) ->
         _store(settings, physical).point_alias(settings.collection)
     old = _active_row(settings)
     now = time.time()
-    with clients.ledger(settings).engine.begin() as conn:
+    with shared_ledger(settings).engine.begin() as conn:
         if old is not None and old.physical != physical:
             _set(conn, old.physical, state="previous", retire_after=now + grace_s)
         _set(conn, physical, state="active", activated_at=now, retire_after=0.0)
@@ -263,7 +263,7 @@ def swap(settings: Settings, physical: str, grace_s: float = DEFAULT_GRACE_S) ->
 
 def abandon(settings: Settings, physical: str, grace_s: float = DEFAULT_GRACE_S) -> None:
     """A build that will not be swapped in (refused by a gate, or failed): kept `grace_s` to be looked at."""
-    with clients.ledger(settings).engine.begin() as conn:
+    with shared_ledger(settings).engine.begin() as conn:
         conn.execute(collections.update().where(collections.c.physical == physical,
                                                 collections.c.state == "building")
                      .values(state="failed", retire_after=time.time() + grace_s))
@@ -288,7 +288,7 @@ def retire_expired(settings: Settings, now: float | None = None) -> list[str]:
     _mirror_alias(settings)
     now = time.time() if now is None else now
     serving = active_physical(settings)
-    ledger, dropped = clients.ledger(settings), []
+    ledger, dropped = shared_ledger(settings), []
     for v in registry(settings):
         if v.state in ("previous", "failed", "building") and 0 < v.retire_after <= now and v.physical != serving:
             _store(settings, v.physical).drop()
@@ -303,7 +303,7 @@ def full_scopes(settings: Settings, physical: str) -> list[dict[str, Any]]:
     """The distinct whole-source scopes (source, include, exclude) of the finished runs into `physical`: what a
     rebuild re-ingests. Runs of named objects or of a date window covered only part of their source."""
     q = select(runs.c.scope).where(runs.c.collection == physical, runs.c.state == "done").order_by(runs.c.id)
-    with clients.ledger(settings).engine.connect() as conn:
+    with shared_ledger(settings).engine.connect() as conn:
         scopes = [json.loads(s or "{}") for s in conn.execute(q).scalars()]
     found: dict[str, dict[str, Any]] = {}
     for s in scopes:
@@ -319,5 +319,5 @@ def missing_documents(settings: Settings, old: str, new: str, limit: int = 20) -
     q = (select(documents.c.source_uri).where(documents.c.collection == old, documents.c.state != "deleted",
                                               documents.c.doc_id.not_in(newer))
          .order_by(documents.c.source_uri).limit(limit))
-    with clients.ledger(settings).engine.connect() as conn:
+    with shared_ledger(settings).engine.connect() as conn:
         return list(conn.execute(q).scalars())

@@ -1,7 +1,7 @@
 """The ledger: one row per document and collection, with its state and why; SQLite or any SQLAlchemy URL.
 
 Besides the documents it holds each run (with its scope), the collection leases (millrace.ledger.lease) and the pending
-outcomes of the running batch writes (millrace.ledger.staging): what a run has written to Milvus but not yet committed."""
+outcomes of the running batch writes (millrace.index.staging): what a run has written to Milvus but not yet committed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, c
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from millrace.ledger.db import create_schema
+from millrace import registry
+from millrace.config import Settings
 from millrace.documents.records import DocState, DocSummary, Failure
 
 meta = MetaData()
@@ -323,3 +325,9 @@ def _pg_insert():
     from sqlalchemy.dialects.postgresql import insert
 
     return insert
+
+
+def shared_ledger(settings: Settings) -> Ledger:
+    """This process's ledger for the configured URL (millrace.registry)."""
+    url = settings.resolved_ledger_url
+    return registry.shared(("ledger", url), lambda: Ledger(url))

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 from millrace.sources.jsonl import SUFFIXES
 from millrace.ledger.book import Ledger, documents, listing
 from millrace.documents.records import TRANSIENT_REASONS, DocState, SourceObject
-from millrace.sources.base import relative_name, wanted
+from millrace.uris import relative_name, wanted
 
 PAGE = 2000
 

@@ -1,1 +1,4 @@
-"""`make server`'s local platform: its processes, services, health probes, worker warm-up, the Milvus standalone server."""
+"""`make server`'s local platform: its processes, services and health probes, per-worker warm-up (the Dask
+preload), the Milvus standalone server.
+
+May import: everything in the core but the command line; nothing in the core imports it."""

@@ -3,12 +3,14 @@ and the errors S3 gives that a run must tell apart (bad credentials, an object o
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 from millrace.config import ConfigError, Settings
+from millrace import registry
 from millrace.documents.records import SourceObject
 from millrace.retry import exception_chain, is_transient, with_retries
-from millrace.sources.base import canonical_source_uri, display_name, relative_name, s3_location, s3_uri, wanted
+from millrace.uris import canonical_source_uri, display_name, relative_name, s3_location, s3_uri, wanted
 
 
 # From this many named keys on, a lookup lists their key range instead of one HEAD each (a LIST answers up to 1,000).
@@ -31,9 +33,7 @@ class S3Source:
     @property
     def fs(self):
         if self._fs is None:
-            from millrace import clients  # the factory imports this module: imported here, not at the top
-
-            self._fs = clients.s3_filesystem(self.settings)
+            self._fs = shared_filesystem(self.settings)
         return self._fs
 
     def _find(self) -> dict[str, dict]:
@@ -221,3 +221,13 @@ def s3_filesystem(settings: Settings):
     fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config, **kwargs)
     fs.retries = 1
     return fs
+
+
+def shared_filesystem(settings: Settings):
+    """One s3fs filesystem per endpoint, region and credentials in this process (millrace.registry). Building one
+    loads botocore's service models (~0.1-0.3 s of CPU), which every batch of a draining round used to pay on its
+    worker. It caches no listings (s3_filesystem), so a reused one sees what the bucket holds now. The process id is
+    in the key because s3fs' event loop thread does not survive a fork."""
+    key = ("s3", os.getpid(), settings.s3_endpoint_url, settings.s3_region, settings.s3_key,
+           registry.digest(settings.s3_secret))
+    return registry.shared(key, lambda: s3_filesystem(settings))

@@ -101,7 +101,7 @@ def worked(runs: list[dict]) -> list[dict]:
 
 def test_uploads_and_a_deletion_reach_the_index_through_sns_and_the_relay(platform, moto_s3, capture):
     from millrace.config import load_settings
-    from millrace.sources.base import s3_uri
+    from millrace.uris import s3_uri
     from millrace.search import Retriever
 
     relay, token = platform.ep.relay_url, platform.ep.token_file.read_text().strip()
@@ -149,7 +149,7 @@ def test_uploads_and_a_deletion_reach_the_index_through_sns_and_the_relay(platfo
 def test_a_burst_of_uploads_while_a_drain_runs_ends_in_few_runs_all_searchable(platform, moto_s3):
     from millrace import clients
     from millrace.config import load_settings
-    from millrace.sources.base import s3_uri
+    from millrace.uris import s3_uri
     from millrace.search import Retriever
 
     bucket, s3 = subscribe_relay(platform, moto_s3)

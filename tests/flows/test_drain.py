@@ -8,7 +8,7 @@ import pytest
 from flows.drain import drain
 from millrace import clients
 from millrace.events.queue import Change
-from millrace.sources.base import canonical_source_uri, path_to_uri
+from millrace.uris import canonical_source_uri, path_to_uri
 from millrace.documents.records import doc_id_for
 from millrace.search import Retriever
 
@@ -155,7 +155,7 @@ def test_the_next_round_is_planned_while_a_round_commits_and_an_object_changed_m
 
     from sqlalchemy import select
 
-    from millrace.ledger import staging
+    from millrace.index import staging
     from millrace.index import versions
     from millrace.ledger.book import runs
 

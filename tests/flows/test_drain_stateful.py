@@ -26,7 +26,7 @@ from millrace.events.queue import from_s3
 from millrace.config import load_settings
 from millrace.ledger.book import runs
 from millrace.events.s3 import S3Change
-from millrace.sources.base import s3_uri
+from millrace.uris import s3_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

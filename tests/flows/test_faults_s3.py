@@ -19,7 +19,7 @@ from millrace import clients
 from millrace.config import load_settings
 from millrace.ledger.book import runs
 from millrace.documents.records import doc_id_for
-from millrace.sources.base import s3_uri
+from millrace.uris import s3_uri
 from tests.faultproxy import FaultProxy
 from tests.flows.test_mirror import rows, words
 

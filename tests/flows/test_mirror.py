@@ -12,7 +12,7 @@ from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
 from millrace.documents.records import doc_id_for
-from millrace.sources.base import path_to_uri, uri_to_path
+from millrace.uris import path_to_uri, uri_to_path
 from millrace.search import Retriever, cite
 from tests.hooks.faults import Faults
 
@@ -85,7 +85,7 @@ def test_filtered_and_subfolder_runs_delete_nothing_outside_their_scope(tmp_path
     monkeypatch.delenv("MILLRACE_INCLUDE")
     named = run(folder, settings, objects=["b.txt", "sub/d.md"])
     assert (named["seen"], named["deleted"]) == (1, 1) and not any(d == b_id for d, _, _ in rows(settings))
-    from millrace.ledger.collection_report import status_report
+    from millrace.observe.collection_report import status_report
 
     last = status_report(settings)["last_run"]
     assert last["scope"]["objects"] == ["b.txt", "sub/d.md"] and last["reconciled"]
@@ -106,7 +106,7 @@ def test_a_reparse_that_times_out_keeps_the_previous_version_and_the_next_run_re
     retriever = Retriever(settings, clients.milvus_store(settings))
     top = retriever.search(words(1), k=1)[0]
     assert cite(top) == "tide report.txt" and "radar" not in top.text  # the previous version is still served
-    from millrace.ledger.collection_report import status_report
+    from millrace.observe.collection_report import status_report
 
     doc = next(d for d in status_report(settings)["documents"] if d["source_uri"].endswith("tide%20report.txt"))
     assert doc["state"] == "failed" and doc["reason"] == "timeout" and doc["serving_previous_version"]
@@ -236,7 +236,7 @@ def test_the_index_mirrors_the_folder_under_random_edits_names_scopes_and_faults
 
 
 def test_s3_keys_that_need_encoding_are_indexed_cited_and_deleted_by_a_named_run(s3_env, settings):
-    from millrace.sources.base import s3_event_key, s3_location, s3_uri
+    from millrace.uris import s3_event_key, s3_location, s3_uri
 
     s3 = s3_env
     bucket = f"messy-{uuid.uuid4().hex[:6]}"

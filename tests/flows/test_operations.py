@@ -12,10 +12,10 @@ from flows.drain import drain
 from millrace import clients
 from millrace.events.queue import from_s3
 from millrace.config import load_settings
-from millrace.ledger.document_report import doc_report, format_doc
+from millrace.observe.document_report import doc_report, format_doc
 from millrace.documents.records import doc_id_for
 from millrace.events.s3 import S3Change
-from millrace.sources.base import path_to_uri, s3_uri
+from millrace.uris import path_to_uri, s3_uri
 from millrace.search import Retriever
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 from millrace.config import load_settings
 from millrace.ledger.book import Ledger
 from millrace.documents.records import doc_id_for
-from millrace.sources.base import path_to_uri
+from millrace.uris import path_to_uri
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -21,7 +21,8 @@ from millrace import clients
 from millrace.events.queue import Entry
 from millrace.config import Settings
 from millrace.events.s3 import parse_body
-from millrace.sources.base import canonical_source_uri, route_keys
+from millrace.sources.base import route_keys
+from millrace.uris import canonical_source_uri
 from millrace.events.sqs_dlq import forward_dead, object_location, records_document, sqs_client
 from intake.emit import PrefectEmitter
 from intake.emit import WAKE_EVENT

@@ -98,7 +98,7 @@ def test_a_filtered_or_named_scope_never_reaches_documents_outside_it(tmp_path):
 
 
 def test_transient_failures_are_retried_by_later_runs_with_backoff_and_permanent_ones_are_not(tmp_path):
-    from millrace.ledger.staging import backoff_s
+    from millrace.index.staging import backoff_s
 
     ledger = Ledger(f"sqlite:///{tmp_path}/l.sqlite")
     t, p = obj("timeout.pdf"), obj("encrypted.pdf")

@@ -4,7 +4,7 @@ import pytest
 
 from millrace.config import ConfigError, Settings
 from millrace.documents.records import Chunk, Hit
-from millrace.sources.base import path_to_uri, s3_uri
+from millrace.uris import path_to_uri, s3_uri
 from millrace.index.store import MilvusStore
 from millrace.search import Retriever, cite
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from millrace.sources.base import path_to_uri
+from millrace.uris import path_to_uri
 from serving.config import ServeSettings
 from tests.serving.harness import RARE, serve_app
 

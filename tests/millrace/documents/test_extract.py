@@ -99,7 +99,7 @@ class _Tika503(BaseHTTPRequestHandler):
 
 def _server_extract(endpoint, **kw):
     from millrace.documents.tika_server import TikaServerExtractor
-    from millrace.sources.base import path_to_uri
+    from millrace.uris import path_to_uri
 
     settings = Settings(tika_endpoint=endpoint, retry_delays=[0.01, 0.01], **kw)
     obj = SourceObject.make(path_to_uri("/data/café notes.txt"), 5, "f")

@@ -9,8 +9,8 @@ import pytest
 from millrace.config import Settings
 from millrace.documents.records import doc_id_for
 from millrace.sources.s3 import S3Source
-from millrace.sources.base import (LocalSource, canonical_source_uri, display_name, open_source, path_to_uri,
-                              relative_name, s3_event_key, s3_location, s3_uri, uri_to_path, wanted)
+from millrace.sources.base import LocalSource, open_source
+from millrace.uris import canonical_source_uri, display_name, path_to_uri, relative_name, s3_location, s3_uri, uri_to_path
 
 NAMES = ["audit report.txt", "café notes.txt", "100% #1 ?.txt", "a+b [x] (v2).txt", "Übersicht Mai.docx",
          "Budget 2027 (draft v2).pdf", "semi;colon,comma&amp=eq.txt", "日本語.txt"]
@@ -38,34 +38,6 @@ def test_a_name_that_is_not_utf8_round_trips(tmp_path):
     path.write_bytes(b"x")
     [obj] = LocalSource(tmp_path).list()
     assert "%E9" in obj.uri and LocalSource(tmp_path).read(obj) == b"x"
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("key", ["team/plain-name_1.0.txt", "team/a b.txt", "team/100%.txt", "team/#1?.txt",
-                                 "team/a+b.txt", "team/[x].txt", "team/café.txt"])
-def test_s3_uris_round_trip_and_ordinary_keys_are_unchanged(key):
-    uri = s3_uri("docs", key)
-    assert s3_location(uri) == ("docs", key)
-    assert display_name(uri) == key.rsplit("/", 1)[1]
-    assert relative_name("s3://docs/team", uri) == key.split("/", 1)[1]
-    if key == "team/plain-name_1.0.txt":
-        assert uri == "s3://docs/team/plain-name_1.0.txt"
-    else:
-        assert not set(uri[len("s3://docs/"):]) & set(" %#?+[]é") - {"%"}
-
-
-@pytest.mark.unit
-def test_helpers():
-    assert s3_event_key("team/audit+report%2B1.txt") == "team/audit report+1.txt"
-    assert s3_event_key("caf%C3%A9+notes.txt") == "café notes.txt"
-    assert display_name("file:///data/corpus.jsonl#doc%2F7") == "corpus.jsonl#doc/7"
-    assert display_name("s3://bucket") == "bucket"
-    assert relative_name("file:///data/corpus.jsonl", "file:///data/corpus.jsonl#7") == "corpus.jsonl"
-    assert relative_name("file:///a/b", "file:///a/bc/x.txt") is None  # a sibling that shares a prefix
-    assert relative_name("s3://docs/team", "s3://docs/other/x.txt") is None
-    assert relative_name("s3://docs/team/a%20b.pdf", "s3://docs/team/a%20b.pdf") == "a b.pdf"
-    assert wanted("drafts/Budget 2027 (draft v2).pdf", [], ["*draft v2*"]) is False
-    assert wanted("a b/c d.pdf", ["a b/*.pdf"], []) is True and wanted("c d.txt", ["*.pdf"], []) is False
 
 
 @pytest.mark.unit

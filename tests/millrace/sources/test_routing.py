@@ -5,7 +5,8 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given, strategies as st
 
-from millrace.sources.base import relative_name, route_keys, s3_uri
+from millrace.sources.base import route_keys
+from millrace.uris import relative_name, s3_uri
 
 pytestmark = pytest.mark.unit
 

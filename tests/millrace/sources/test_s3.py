@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from millrace.sources import s3 as s3source
 from millrace.config import Settings
 from millrace.sources.s3 import S3Source
-from millrace.sources.base import relative_name
+from millrace.uris import relative_name
 
 # Ordinary messy names: spaces, accents, '#', '+', '%', CJK, sub-folders; and code points that sort differently
 # from their UTF-16 order, which a listing in the wrong order would get wrong.

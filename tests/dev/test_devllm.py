@@ -5,7 +5,7 @@ import urllib.request
 
 import pytest
 
-from serving import devllm
+from dev import devllm
 
 MESSAGES = [{"role": "system", "content": "Answer from the sources and cite them."},
             {"role": "user", "content": "What drives the mill wheel?"}]

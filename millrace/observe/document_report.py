@@ -12,7 +12,7 @@ from typing import Any
 
 from millrace.config import Settings
 from millrace.documents.records import doc_id_for
-from millrace.sources.base import canonical_source_uri, s3_location, s3_uri
+from millrace.uris import canonical_source_uri, s3_location, s3_uri
 
 
 def _when(ts: float | None) -> str | None:
@@ -48,7 +48,7 @@ def doc_report(settings: Settings, name: str, collection: str | None = None) -> 
     from millrace.events import log as eventlog
     from millrace.index import versions
     from millrace.ledger.plan import Scope
-    from millrace.ledger.collection_report import document_entry
+    from millrace.observe.collection_report import document_entry
 
     uri = doc_uri(name)
     doc_id = doc_id_for(uri)

@@ -12,7 +12,7 @@ from millrace import clients
 from millrace.events.queue import Change
 from millrace.config import Settings
 from millrace.ledger.lease import Lease
-from millrace.ledger.collection_report import format_status, status_report
+from millrace.observe.collection_report import format_status, status_report
 
 pytestmark = pytest.mark.unit
 

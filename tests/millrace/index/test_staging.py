@@ -6,7 +6,7 @@ import pytest
 from millrace.config import Settings
 from millrace.ledger.book import Ledger
 from millrace.documents.records import BatchResult, Chunk, DocSummary, Failure
-from millrace.ledger.staging import commit, recover, rollback, stage_batch
+from millrace.index.staging import commit, recover, rollback, stage_batch
 from millrace.index.store import MilvusStore
 
 pytestmark = pytest.mark.integration  # real Milvus Lite
