@@ -31,10 +31,10 @@ from flows.batches import warm_cluster
 from flows.ingest import finish, ingest_steps, run_ingest
 from flows.runner import WarmCluster, dask_task_runner
 from millrace import clients
-from millrace.index import lite_index, versions
 from millrace.config import Settings
-from millrace.events.queue import Entry, entry_key
 from millrace.events.drain import LEASE_SOURCE, Settled, by_source, settle
+from millrace.events.queue import Entry, entry_key
+from millrace.index import lite_index, versions
 from millrace.ledger.lease import Lease
 
 

@@ -11,11 +11,10 @@ from pydantic import Field
 
 from blocks import load_settings
 from flows.ingest import ingest
-from millrace import clients
-from millrace.index import versions
-from millrace import evaluate as ev
+from millrace import clients, evaluate as ev
 from millrace.config import Settings
 from millrace.documents.embed import resolve_backend
+from millrace.index import versions
 
 
 class EvaluationGateError(RuntimeError):

@@ -19,10 +19,9 @@ from flows.batches import process_batches
 from flows.report import RunStats, ingest_report, quality_report
 from flows.runner import WarmCluster
 from millrace import clients, pipeline
-from millrace.index import lite_index, versions
-from millrace.index import staging
-from millrace.ledger import plan as planning
 from millrace.config import Settings
+from millrace.index import lite_index, staging, versions
+from millrace.ledger import plan as planning
 from millrace.ledger.lease import Lease
 from millrace.uris import canonical_source_uri
 from tasks.ingest import commit_run, list_source, rollback_run

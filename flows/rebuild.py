@@ -17,10 +17,9 @@ from pydantic import Field
 from blocks import load_settings
 from flows.evaluate import EvaluationGateError
 from flows.ingest import ReconciliationError, run_ingest
-from millrace import clients
-from millrace.index import versions
-from millrace import evaluate as ev
+from millrace import clients, evaluate as ev
 from millrace.config import ConfigError, Settings
+from millrace.index import versions
 from millrace.ledger.book import documents
 from millrace.ledger.lease import Lease
 from millrace.uris import canonical_source_uri

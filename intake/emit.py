@@ -20,8 +20,8 @@ from typing import Awaitable, Callable, Sequence
 
 import httpx
 
-from millrace.retry import with_retries
 from millrace.events.s3 import S3Change, coalesce
+from millrace.retry import with_retries
 
 log = logging.getLogger("millrace.relay")
 WAKE_EVENT = "millrace.changes.pending"

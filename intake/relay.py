@@ -29,16 +29,16 @@ from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from millrace.events.queue import Change, from_s3
+from intake.emit import WAKE_EVENT, Debouncer, PrefectEmitter, flush_events
+from intake.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
+from intake.relay_writes import DeliveryWriter
 from millrace.clients import change_queue, ledger
 from millrace.config import Settings
 from millrace.events.drain import draining
 from millrace.events.log import EventLog
-from millrace.retry import with_retries
+from millrace.events.queue import Change, from_s3
 from millrace.events.s3 import DEFAULT_SNS_URL_PATTERN, BadEvent, S3Change, SignatureError, SnsVerifier, parse_body
-from intake.emit import WAKE_EVENT, Debouncer, PrefectEmitter, flush_events
-from intake.relay_writes import DeliveryWriter
-from intake.relay_auth import credentials_seen, ignored, loggable, presented_tokens, refused
+from millrace.retry import with_retries
 
 log = logging.getLogger("millrace.relay")
 TOKEN_HELP = ("set MILLRACE_RELAY_TOKEN to a long random secret, e.g. "

@@ -8,8 +8,8 @@ import asyncio
 import logging
 from typing import Callable
 
-from millrace.events.queue import Change, ChangeQueue
 from millrace.events.log import EventLog
+from millrace.events.queue import Change, ChangeQueue
 from millrace.events.s3 import S3Change
 
 log = logging.getLogger("millrace.relay")

@@ -25,15 +25,15 @@ import threading
 
 from pydantic import BaseModel
 
+from intake.emit import EmitError, PrefectEmitter, wake_event
 from millrace import clients
-from millrace.events.queue import Change
 from millrace.config import Settings
 from millrace.events.drain import draining
-from millrace.retry import with_retries
+from millrace.events.queue import Change
 from millrace.events.s3 import BadEvent, Notice, parse_body
-from millrace.sources.base import route_keys
 from millrace.events.sqs_dlq import DETAIL_CHARS, attributes, send_batch, sqs_client
-from intake.emit import EmitError, PrefectEmitter, wake_event
+from millrace.retry import with_retries
+from millrace.sources.base import route_keys
 
 log = logging.getLogger("millrace.sqs")
 HELP = ("check the queue URL (MILLRACE_SQS_QUEUE_URL), the endpoint (--endpoint-url or AWS_ENDPOINT_URL_SQS, "

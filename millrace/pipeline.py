@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 
 from millrace import clients
-from millrace.observe import telemetry
 from millrace.config import Settings
 from millrace.documents.embed import model_id
 from millrace.documents.extract import ExtractError
-from millrace.sources.jsonl import RECORD_MEDIA_TYPE, record_document
-from millrace.ledger.book import Ledger, documents
 from millrace.documents.quality import apply_gate
 from millrace.documents.records import BatchResult, DocState, DocSummary, Failure, SourceObject
 from millrace.index.store import MilvusStore
+from millrace.ledger.book import Ledger, documents
+from millrace.observe import telemetry
+from millrace.sources.jsonl import RECORD_MEDIA_TYPE, record_document
 
 
 def pipeline_version(settings: Settings) -> str:

@@ -8,12 +8,12 @@ search and never a search in flight, and every hit says which physical collectio
 from __future__ import annotations
 
 from millrace import clients
-from millrace.index import versions
 from millrace.config import ConfigError, Settings
 from millrace.documents.embed import Embedder, model_id
 from millrace.documents.records import Hit
-from millrace.uris import display_name
+from millrace.index import versions
 from millrace.index.store import MilvusStore
+from millrace.uris import display_name
 
 
 class Retriever:

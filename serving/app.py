@@ -28,8 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from millrace import clients
-from millrace.observe import telemetry
 from millrace.config import ConfigError
+from millrace.observe import telemetry
 from millrace.observe.logs import request_id_var
 from millrace.retry import is_transient
 from serving import responses, routes, source_list as sources

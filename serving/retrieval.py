@@ -13,18 +13,18 @@ import orjson
 from anyio import to_thread
 
 from millrace import clients
-from millrace.observe import telemetry
-from millrace.index import versions
 from millrace.config import ConfigError
-from millrace.ledger.change_token import LedgerWatch
-from millrace.uris import canonical_source_uri, s3_uri
+from millrace.index import versions
 from millrace.index.store import MilvusStore
+from millrace.ledger.change_token import LedgerWatch
+from millrace.observe import telemetry
+from millrace.search import Retriever
+from millrace.uris import canonical_source_uri, s3_uri
 from serving.batcher import MicroBatcher
 from serving.cache import MemoryCache, digest
 from serving.config import ServeSettings
 from serving.errors import ServingError
 from serving.metrics import Metrics
-from millrace.search import Retriever
 from serving.schemas import Filter, Passage
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from millrace.observe import logs, telemetry
 from millrace.index.lite_lock import hold
+from millrace.observe import logs, telemetry
 from serving.config import ServeSettings
 
 if TYPE_CHECKING:

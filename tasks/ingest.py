@@ -12,12 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from millrace import clients, pipeline
-from millrace.observe import logs, telemetry
+from millrace.config import ConfigError, Settings, load_settings
+from millrace.documents.records import BatchResult, SourceObject
 from millrace.index import staging
 from millrace.ledger import plan
-from millrace.config import ConfigError, Settings, load_settings
 from millrace.ledger.plan import Scope
-from millrace.documents.records import BatchResult, SourceObject
+from millrace.observe import logs, telemetry
 
 
 def _set_up_flow_process() -> None:

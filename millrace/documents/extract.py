@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from millrace.documents import ocr, parse_threads
 from millrace.config import ConfigError, Settings
+from millrace.documents import ocr, parse_threads
 from millrace.documents.records import Document, SourceObject
-from millrace.uris import display_name
 from millrace.documents.transcode import mail_as_utf8
 from millrace.documents.xhtml import XhtmlError, scrub, xhtml_to_pages
+from millrace.uris import display_name
 
 TIKA_VERSION = "3.3.1"
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 from millrace.config import ConfigError, Settings
 from millrace.documents.extract import ExtractError, build_document
 from millrace.documents.records import Document, SourceObject
+from millrace.documents.transcode import mail_as_utf8
 from millrace.retry import TransientError, is_transient, with_retries
 from millrace.uris import display_name
-from millrace.documents.transcode import mail_as_utf8
 
 
 def content_disposition(name: str) -> str:

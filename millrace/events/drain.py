@@ -16,11 +16,11 @@ from typing import Iterable
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from millrace.ledger import lease
-from millrace.events.queue import ChangeQueue, Entry
 from millrace.config import Settings
-from millrace.ledger.book import Ledger
 from millrace.documents.records import TRANSIENT_REASONS, doc_id_for
+from millrace.events.queue import ChangeQueue, Entry
+from millrace.ledger import lease
+from millrace.ledger.book import Ledger
 from millrace.uris import path_to_uri, s3_location, s3_uri, uri_to_path
 
 

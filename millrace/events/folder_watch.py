@@ -20,11 +20,11 @@ from typing import Callable, Iterable
 import watchfiles
 from sqlalchemy import select
 
-from millrace.index import versions
-from millrace.events.queue import Change, shared_queue
 from millrace.config import Settings
-from millrace.ledger.book import documents, shared_ledger
 from millrace.documents.records import DocState, doc_id_for
+from millrace.events.queue import Change, shared_queue
+from millrace.index import versions
+from millrace.ledger.book import documents, shared_ledger
 from millrace.sources.base import LocalSource
 from millrace.uris import canonical_source_uri, path_to_uri, relative_name, wanted
 

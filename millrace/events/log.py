@@ -11,8 +11,8 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, 
 from sqlalchemy.exc import IntegrityError
 
 from millrace.config import Settings
-from millrace.ledger.db import engine_for
 from millrace.events.s3 import S3Change, coalesce, newer
+from millrace.ledger.db import engine_for
 
 # Our own MetaData: these tables live in the ledger database but belong to the relay, not to the ledger's schema.
 meta = MetaData()

@@ -23,10 +23,10 @@ from typing import Collection, Iterable, Literal
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, delete, func, select
 
-from millrace.ledger.db import engine_for
 from millrace import registry
 from millrace.config import Settings
 from millrace.events.s3 import S3Change, newer
+from millrace.ledger.db import engine_for
 from millrace.sources.base import route_keys
 
 meta = MetaData()

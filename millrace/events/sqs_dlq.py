@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 from urllib.parse import quote_plus
 
-from millrace.events.queue import Entry
 from millrace.config import Settings
+from millrace.events.queue import Entry
 from millrace.retry import with_retries
 from millrace.uris import s3_location
 

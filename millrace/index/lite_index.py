@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from millrace.index import versions
 from millrace.config import Settings
-from millrace.ledger.book import documents, runs, shared_ledger
+from millrace.index import versions
 from millrace.index.connect import nlist_for
 from millrace.index.store import SPARSE_FIELD, shared_store
+from millrace.ledger.book import documents, runs, shared_ledger
 
 IVF = "IVF_FLAT"
 # Rows per insert into the copy: Lite 2.5.1 took 19 s for one insert of 5,000 384-d rows and 0.09 s for 1,000.

@@ -20,9 +20,9 @@ from typing import Iterator
 
 from sqlalchemy import delete, select
 
-from millrace.ledger.book import Ledger, listing, pending, runs
 from millrace.documents.records import TRANSIENT_REASONS, BatchResult, DocState
 from millrace.index.store import MilvusStore
+from millrace.ledger.book import Ledger, listing, pending, runs
 
 log = logging.getLogger("millrace")
 

@@ -8,8 +8,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from millrace.config import ConfigError, Settings
 from millrace import registry
+from millrace.config import ConfigError, Settings
 from millrace.index.connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
                                      SERVER_INDEXES, build_params, choose_index, connect, pymilvus, search_params)
 from millrace.documents.records import Chunk, Hit

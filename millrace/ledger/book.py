@@ -14,10 +14,10 @@ from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, c
                         select, text)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from millrace.ledger.db import create_schema
 from millrace import registry
 from millrace.config import Settings
 from millrace.documents.records import DocState, DocSummary, Failure
+from millrace.ledger.db import create_schema
 
 meta = MetaData()
 documents = Table(

@@ -13,9 +13,9 @@ from urllib.parse import unquote
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
-from millrace.sources.jsonl import SUFFIXES
-from millrace.ledger.book import Ledger, documents, listing
 from millrace.documents.records import TRANSIENT_REASONS, DocState, SourceObject
+from millrace.ledger.book import Ledger, documents, listing
+from millrace.sources.jsonl import SUFFIXES
 from millrace.uris import relative_name, wanted
 
 PAGE = 2000

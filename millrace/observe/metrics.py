@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
-from millrace.ledger.book import Ledger, documents, runs
-from millrace.events.queue_metrics import QueueMetrics
 from millrace.documents.records import DocState
+from millrace.events.queue_metrics import QueueMetrics
+from millrace.ledger.book import Ledger, documents, runs
 
 log = logging.getLogger("millrace.metrics")
 OUTCOMES = ("indexed", "failed", "quarantined", "deleted")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from millrace.platform import procs
 from millrace.config import load_settings
+from millrace.platform import procs
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "millrace"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from millrace.config import ConfigError, Settings
 from millrace import registry
+from millrace.config import ConfigError, Settings
 from millrace.documents.records import SourceObject
 from millrace.retry import exception_chain, is_transient, with_retries
 from millrace.uris import canonical_source_uri, display_name, relative_name, s3_location, s3_uri, wanted

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from millrace.index.connect import _BUILD, _SEARCH, GPU_INDEXES
+from millrace.index.connect import GPU_INDEXES, _BUILD, _SEARCH
 from tests.deployments.templates import MILVUS_VALUES, job_template, variable_defaults
 
 pytestmark = pytest.mark.unit

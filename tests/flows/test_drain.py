@@ -7,10 +7,10 @@ import pytest
 
 from flows.drain import drain
 from millrace import clients
-from millrace.events.queue import Change
-from millrace.uris import canonical_source_uri, path_to_uri
 from millrace.documents.records import doc_id_for
+from millrace.events.queue import Change
 from millrace.search import Retriever
+from millrace.uris import canonical_source_uri, path_to_uri
 
 pytestmark = pytest.mark.integration
 

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from flows.drain import drain
 from flows.ingest import ingest
 from millrace import clients
-from millrace.index import versions
-from millrace.events.queue import from_s3
 from millrace.config import load_settings
-from millrace.ledger.book import runs
+from millrace.events.queue import from_s3
 from millrace.events.s3 import S3Change
+from millrace.index import versions
+from millrace.ledger.book import runs
 from millrace.uris import s3_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

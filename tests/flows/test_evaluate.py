@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from flows.evaluate import EvaluationGateError, evaluate
 from flows import cli
+from flows.evaluate import EvaluationGateError, evaluate
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
-from millrace.ledger.book import runs
 from millrace.documents.records import doc_id_for
+from millrace.ledger.book import runs
 from millrace.uris import s3_uri
 from tests.faultproxy import FaultProxy
 from tests.flows.test_mirror import rows, words

@@ -16,8 +16,8 @@ from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
 from millrace.documents.records import doc_id_for
-from millrace.uris import path_to_uri
 from millrace.observe.collection_report import status_report
+from millrace.uris import path_to_uri
 from tests.conftest import HOOKS_SITE
 from tests.hooks.faults import Faults
 

@@ -9,8 +9,8 @@ import pytest
 
 from flows.ingest import ingest
 from millrace import clients
-from millrace.index import versions
 from millrace.config import load_settings
+from millrace.index import versions
 from millrace.index.connect import nlist_for, nprobe_for
 from millrace.search import Retriever
 from tests.flows.test_rebuild import QUERIES, SearchLoop

@@ -12,8 +12,8 @@ from flows.ingest import ingest
 from millrace import clients
 from millrace.config import load_settings
 from millrace.documents.records import doc_id_for
-from millrace.uris import path_to_uri, uri_to_path
 from millrace.search import Retriever, cite
+from millrace.uris import path_to_uri, uri_to_path
 from tests.hooks.faults import Faults
 
 pytestmark = pytest.mark.integration

@@ -7,16 +7,16 @@ import uuid
 
 import pytest
 
-from flows.ingest import ingest
 from flows.drain import drain
+from flows.ingest import ingest
 from millrace import clients
-from millrace.events.queue import from_s3
 from millrace.config import load_settings
-from millrace.observe.document_report import doc_report, format_doc
 from millrace.documents.records import doc_id_for
+from millrace.events.queue import from_s3
 from millrace.events.s3 import S3Change
-from millrace.uris import path_to_uri, s3_uri
+from millrace.observe.document_report import doc_report, format_doc
 from millrace.search import Retriever
+from millrace.uris import path_to_uri, s3_uri
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from flows.evaluate import EvaluationGateError
 from flows.ingest import ingest
 from flows.rebuild import rebuild, rollback
 from millrace import clients
-from millrace.index import versions
 from millrace.config import ConfigError, load_settings
+from millrace.index import versions
 from millrace.search import Retriever
 from tests.conftest import SHARED
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from flows.ingest import ReconciliationError, ingest
-from millrace.config import load_settings
-from millrace.ledger.book import Ledger
-from millrace.documents.quality import QualityGateError
-from millrace.search import Retriever
 from millrace.clients import milvus_store
+from millrace.config import load_settings
+from millrace.documents.quality import QualityGateError
+from millrace.ledger.book import Ledger
+from millrace.search import Retriever
 from tests.conftest import HOOKS_SITE
 
 pytestmark = pytest.mark.integration

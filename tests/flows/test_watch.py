@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from millrace.config import load_settings
-from millrace.ledger.book import Ledger
 from millrace.documents.records import doc_id_for
+from millrace.ledger.book import Ledger
 from millrace.uris import path_to_uri
 from tests.conftest import free_port
 

@@ -18,9 +18,9 @@ import boto3
 import httpx
 import pytest
 
-from millrace.events.queue import ChangeQueue
-from millrace.config import Settings
 from intake.emit import WAKE_EVENT
+from millrace.config import Settings
+from millrace.events.queue import ChangeQueue
 from tests.conftest import ROOT, free_port
 from tests.millrace.events.test_s3 import s3_record
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from millrace.events.s3 import S3Change
 from intake import emit
 from intake.emit import WAKE_EVENT, Debouncer, PrefectEmitter, flush_events, posts, wake_event
+from millrace.events.s3 import S3Change
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 21, 10, tzinfo=timezone.utc)

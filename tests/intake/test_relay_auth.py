@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.millrace.events.test_s3 import make_signer, s3_record, sign
 from tests.intake.relay_harness import Capture, events, post, serve, start_relay, stop, wait_for
+from tests.millrace.events.test_s3 import make_signer, s3_record, sign
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.millrace.events.test_s3 import eventbridge, s3_record
 from tests.intake.relay_harness import TOKEN, post, start_relay, stop
+from tests.millrace.events.test_s3 import eventbridge, s3_record
 
 pytestmark = pytest.mark.integration
 BUCKET = "log-docs"

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from millrace.events.queue import ChangeQueue, from_s3
-from millrace.events.log import EventLog
-from millrace.events.s3 import S3Change
 from intake.relay_writes import DeliveryWriter
+from millrace.events.log import EventLog
+from millrace.events.queue import ChangeQueue, from_s3
+from millrace.events.s3 import S3Change
 
 pytestmark = pytest.mark.unit
 KEYS = ["in box/café #1.txt", "a+b = c 100%.md", "Übersicht Mai (v2).pdf", "日本語/メモ.txt"]

@@ -16,17 +16,16 @@ import pytest
 from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
-from millrace.events import queue as changequeue
+from intake.emit import WAKE_EVENT, PrefectEmitter
+from intake.sqs import PollResult, SqsIntake
 from millrace import clients
-from millrace.events.queue import Entry
 from millrace.config import Settings
+from millrace.events import queue as changequeue
+from millrace.events.queue import Entry
 from millrace.events.s3 import parse_body
+from millrace.events.sqs_dlq import forward_dead, object_location, records_document, sqs_client
 from millrace.sources.base import route_keys
 from millrace.uris import canonical_source_uri
-from millrace.events.sqs_dlq import forward_dead, object_location, records_document, sqs_client
-from intake.emit import PrefectEmitter
-from intake.emit import WAKE_EVENT
-from intake.sqs import PollResult, SqsIntake
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -2,10 +2,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from millrace.ledger.book import Ledger
-from millrace.pipeline import batch_size_for, make_batches
-from millrace.ledger.plan import plan_run
 from millrace.documents.records import DocSummary, Failure, SourceObject
+from millrace.ledger.book import Ledger
+from millrace.ledger.plan import plan_run
+from millrace.pipeline import batch_size_for, make_batches
 
 pytestmark = pytest.mark.unit
 

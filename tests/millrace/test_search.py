@@ -4,9 +4,9 @@ import pytest
 
 from millrace.config import ConfigError, Settings
 from millrace.documents.records import Chunk, Hit
-from millrace.uris import path_to_uri, s3_uri
 from millrace.index.store import MilvusStore
 from millrace.search import Retriever, cite
+from millrace.uris import path_to_uri, s3_uri
 
 
 def hit(uri: str, page: int) -> Hit:

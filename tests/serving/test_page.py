@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from tests.conftest import ROOT
-from tests.faultproxy import FaultProxy
 from tests.deployments.test_prefect_ui import ARGS, CHROMIUM
+from tests.faultproxy import FaultProxy
 from tests.serving.harness import serve_app
 from tests.serving.test_answer import llm_settings
 

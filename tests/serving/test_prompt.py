@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import SecretStr
 
-from serving.errors import ServingError
 from millrace.config import ConfigError
 from serving.config import ServeSettings
+from serving.errors import ServingError
 from serving.prompt import build_messages, fence_tag, fit
 from serving.schemas import Passage
 from serving.security import fence_key

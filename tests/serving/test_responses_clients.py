@@ -14,8 +14,8 @@ from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 
 from tests.serving.harness import run_node, serve_app
-from tests.serving.test_responses import check_annotations, stopping_settings, text_part
 from tests.serving.test_answer import QUESTION
+from tests.serving.test_responses import check_annotations, stopping_settings, text_part
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

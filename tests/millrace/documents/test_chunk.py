@@ -1,7 +1,7 @@
 import pytest
 
-from millrace.documents.chunk import Chunker, load_tokenizer
 from millrace.config import ConfigError, Settings
+from millrace.documents.chunk import Chunker, load_tokenizer
 from millrace.documents.records import Document, Page
 
 pytestmark = pytest.mark.integration  # the real model's tokenizer

@@ -10,8 +10,8 @@ from functools import lru_cache
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from millrace.documents.chunk import Chunker, chunk_id_for, load_tokenizer
 from millrace.config import Settings
+from millrace.documents.chunk import Chunker, chunk_id_for, load_tokenizer
 from millrace.documents.records import Document, Page, sha256_text
 
 pytestmark = pytest.mark.integration  # the real model's tokenizer

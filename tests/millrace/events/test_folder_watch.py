@@ -13,8 +13,8 @@ import pytest
 from millrace import clients
 from millrace.config import load_settings
 from millrace.documents.records import DocSummary, doc_id_for
-from millrace.uris import canonical_source_uri, path_to_uri
 from millrace.events.folder_watch import FolderWatcher
+from millrace.uris import canonical_source_uri, path_to_uri
 
 pytestmark = pytest.mark.integration  # real inotify and the ledger's SQLite
 

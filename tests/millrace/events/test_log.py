@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from millrace.config import Settings
 from millrace.events.log import MESSAGE_RETENTION_S, EventLog, last_event, open_eventlog
-from millrace.ledger.book import Ledger
 from millrace.events.s3 import S3Change
+from millrace.ledger.book import Ledger
 
 pytestmark = pytest.mark.unit
 

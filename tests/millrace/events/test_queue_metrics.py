@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from millrace.events.queue import ROUND_RETENTION_S, Change, ChangeQueue
-from millrace.observe.metrics import registry
 from millrace.ledger.book import Ledger, runs
+from millrace.observe.metrics import registry
 
 pytestmark = pytest.mark.unit
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from millrace.config import Settings
-from millrace.ledger.book import Ledger
 from millrace.documents.records import BatchResult, Chunk, DocSummary, Failure
 from millrace.index.staging import commit, recover, rollback, stage_batch
 from millrace.index.store import MilvusStore
+from millrace.ledger.book import Ledger
 
 pytestmark = pytest.mark.integration  # real Milvus Lite
 

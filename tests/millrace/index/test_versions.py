@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from millrace import clients
-from millrace.index import versions
 from millrace.config import ConfigError, Settings
+from millrace.documents.records import Chunk, DocSummary
+from millrace.index import versions
 from millrace.ledger.book import Ledger
 from millrace.ledger.lease import Lease
-from millrace.documents.records import Chunk, DocSummary
 from millrace.search import Retriever
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from millrace.ledger.lease import Lease, LeaseLostError, LeaseTimeoutError, current
 from millrace.ledger.book import Ledger
+from millrace.ledger.lease import Lease, LeaseLostError, LeaseTimeoutError, current
 
 pytestmark = pytest.mark.unit
 

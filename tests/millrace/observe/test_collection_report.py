@@ -9,8 +9,8 @@ import time
 import pytest
 
 from millrace import clients
-from millrace.events.queue import Change
 from millrace.config import Settings
+from millrace.events.queue import Change
 from millrace.ledger.lease import Lease
 from millrace.observe.collection_report import format_status, status_report
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.unit
 
 SCRIPT = """
 import logging, io, json, sys
-from millrace.observe import logs, telemetry
 from millrace.config import load_settings
+from millrace.observe import logs, telemetry
 settings = load_settings()
 print(telemetry.setup("millrace-test", settings))
 stream = io.StringIO()

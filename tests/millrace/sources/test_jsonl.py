@@ -5,11 +5,11 @@ import pytest
 
 from millrace.config import ConfigError, load_settings
 from millrace.documents.extract import ExtractError
-from millrace.sources.jsonl import JsonlSource, record_document, record_id
+from millrace.documents.records import DocSummary
 from millrace.ledger.book import Ledger
 from millrace.ledger.plan import plan_run
-from millrace.documents.records import DocSummary
 from millrace.sources.base import open_source
+from millrace.sources.jsonl import JsonlSource, record_document, record_id
 
 pytestmark = pytest.mark.unit
 

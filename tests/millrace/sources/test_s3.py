@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from millrace.sources import s3 as s3source
 from millrace.config import Settings
+from millrace.sources import s3 as s3source
 from millrace.sources.s3 import S3Source
 from millrace.uris import relative_name
 
