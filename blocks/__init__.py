@@ -1,7 +1,8 @@
 """Prefect blocks, one per external system; `load_settings` (flags, env, then blocks, then defaults) is how the
 Prefect side (flows, the `millrace` command) builds settings, and `apply_blocks` fills what flags and env left unset.
 
-The core's own millrace.config.load_settings stops at flags, env and defaults: millrace/ never imports Prefect."""
+The core's own millrace.config.load_settings stops at flags, env and defaults: millrace/ never imports Prefect.
+May import: the core (millrace) and Prefect; flows and the `millrace` command use it."""
 
 from __future__ import annotations
 
