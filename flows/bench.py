@@ -13,6 +13,7 @@ from flows.options import flow_options
 from millrace import clients
 from millrace.benchmark import SWEEP, corpus_source, encode_all, encode_sweep, take
 from millrace.config import Settings
+from millrace.documents.embed import export_cache
 
 
 def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = None, progress: bool = True,
@@ -27,9 +28,8 @@ def bench_ingest(corpus: str | Path, settings: Settings, limit: int | None = Non
         source = take(corpus, limit, Path(tmp))
         # The model's export cache stays the user's own (a throw-away home would export again inside every timed
         # run), and the export itself, a first use's (~7 s, once per machine), happens before the clock starts.
-        cache = settings.model_cache or str(Path(settings.home).expanduser().resolve() / "models")
-        run = settings.model_copy(update={"home": Path(tmp) / "home", "collection": "bench",
-                                          "ledger_url": "", "milvus_uri": "", "model_cache": cache})
+        run = settings.model_copy(update={"home": Path(tmp) / "home", "collection": "bench", "ledger_url": "",
+                                          "milvus_uri": "", "model_cache": str(export_cache(settings))})
         options = flow_options(run)
         options["home"] = str(run.home)
         clients.embedder(run)

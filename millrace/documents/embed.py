@@ -202,14 +202,19 @@ def load_model(settings: Settings):
         return _models[key]
 
 
+def export_cache(settings: Settings) -> Path:
+    """Where exported models are cached (one folder per model digest): MILLRACE_MODEL_CACHE, else <home>/models."""
+    root = Path(settings.model_cache) if settings.model_cache else Path(settings.home) / "models"
+    return root.expanduser().resolve()
+
+
 def _exported_encoder(settings: Settings, path: Path, backend: str):
     from millrace.documents.encoders import ExportedEncoder, exported
 
     if not path.is_dir():
         raise ConfigError(f"MILLRACE_EMBED_BACKEND={backend} exports a local model folder; {path} is not one")
     _undo_dask_malloc_trim()
-    root = Path(settings.model_cache) if settings.model_cache else Path(settings.home) / "models"
-    cache = root.expanduser().resolve() / folder_digest(path)
+    cache = export_cache(settings) / folder_digest(path)
     return ExportedEncoder(path, exported(path, cache, backend), backend, torch_threads(settings))
 
 

@@ -277,10 +277,6 @@ def from_s3(collection: str, notices: Iterable[S3Change], sources: list[str], vi
     return queued
 
 
-def open_queue(url: str) -> ChangeQueue:
-    return ChangeQueue(url)
-
-
 def shared_queue(settings: Settings) -> ChangeQueue:
     """This process's change queue, in the ledger's database (millrace.registry)."""
     url = settings.resolved_ledger_url
