@@ -29,6 +29,7 @@ from serving.schemas import Filter, Passage
 
 
 ALIAS_TTL_S = 1.0
+SERVED_MEMO = 4096  # still_served answers kept at most (a new token, or a full memo, starts it afresh)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class RetrievalService:
         # committed to the ledger. On a server the alias is Milvus' own state, so there it is also read again at
         # least once a second (a swap that an operator makes by hand is seen within that second).
         self._last: tuple[Snapshot, int, float] | None = None
+        # still_served's answers, kept while the ledger's token stays the same: (token, collection, answers).
+        self._served: tuple[int, str, dict[tuple[str, ...], bool]] | None = None
 
     @staticmethod
     def serving_collection(settings: ServeSettings) -> str:
@@ -162,8 +165,20 @@ class RetrievalService:
         even in the moment between its deletion and the end of the run that deleted it."""
         if not doc_ids:
             return True
-        held = await self._io(self.ledger.indexed_ids, snap.store.collection, doc_ids)
-        return set(doc_ids) <= held
+        # A deletion is a commit to the ledger, so an answer given under the same token still holds: a cache hit
+        # then costs no ledger read and no thread hop. The token is read before the ledger, so an answer is never
+        # kept under a token older than what it read.
+        token, collection, key = self.watch.token(), snap.store.collection, tuple(doc_ids)
+        memo = self._served
+        if token is not None and memo is not None and memo[:2] == (token, collection) and key in memo[2]:
+            return memo[2][key]
+        held = await self._io(self.ledger.indexed_ids, collection, doc_ids)
+        served = set(doc_ids) <= held
+        if token is not None:
+            if memo is None or memo[:2] != (token, collection) or len(memo[2]) >= SERVED_MEMO:
+                memo = self._served = (token, collection, {})
+            memo[2][key] = served
+        return served
 
     # --- cache -----------------------------------------------------------------------------------------------
 

@@ -63,7 +63,9 @@ def cache_for(settings) -> WatermarkCache:
     """One cache per ledger database in the process (apps in one process share the queue's engine anyway)."""
     from millrace import clients
 
-    key = settings.resolved_ledger_url
+    # Keyed without resolving the ledger's path: that is a realpath of the home on every request, a fifth of a
+    # request's own CPU (measured with cProfile). Two spellings of one home get two caches, which is harmless.
+    key = settings.ledger_url or str(settings.home)
     with _caches_lock:
         if key not in _caches:
             _caches[key] = WatermarkCache(lambda collection: clients.change_queue(settings).stats(collection))

@@ -1,6 +1,7 @@
 """The API's snapshot of what serves (serving.retrieval.RetrievalService.snapshot): read from the ledger once, then
 reused while nothing commits to it, and read again after any commit: a run's start or end (the index version that
-cache entries carry), a rebuild's swap (the physical collection), from this process or another."""
+cache entries carry), a rebuild's swap (the physical collection), from this process or another. The same holds for
+whether a cached result's documents are still served (still_served): a deletion is a commit, so it is seen at once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from millrace import clients
 from millrace.index import versions
+from millrace.documents.records import DocSummary
 from millrace.index.store import MilvusStore
 from serving.cache import make_cache
 from serving.config import ServeSettings
@@ -56,3 +58,28 @@ def test_a_snapshot_is_reused_until_the_ledger_commits(service, monkeypatch):
     versions.swap(service.settings, new)
     swapped = snap()
     assert swapped.store.collection == new != first.store.collection and snap() is swapped
+
+
+def test_still_served_reads_the_ledger_again_after_any_commit(service, monkeypatch):
+    ledger, reads = service.ledger, []
+    indexed_ids = ledger.indexed_ids
+    monkeypatch.setattr(ledger, "indexed_ids", lambda c, ids: reads.append(list(ids)) or indexed_ids(c, ids))
+    snap = asyncio.run(service.snapshot())
+    coll = snap.store.collection
+    doc = lambda d: DocSummary(doc_id=d, source_uri=f"file:///data/Q1%20plans/{d} #1.txt", fingerprint="f",  # noqa: E731
+                               content_hash="h", chunks=2)
+    ledger.record_batch(coll, [doc("a"), doc("b")], [], "v1")
+    served = lambda ids: asyncio.run(service.still_served(snap, ids))  # noqa: E731
+
+    assert served(["a", "b"]) and served(["a", "b"]) and len(reads) == 1  # nothing committed: asked once
+    assert not served(["a", "c"]) and not served(["a", "c"]) and len(reads) == 2
+
+    ledger.record_deleted(coll, ["b"])  # this process's commit
+    assert not served(["a", "b"]) and len(reads) == 3
+
+    code = ("import sys; from millrace.ledger.book import Ledger; from millrace.documents.records import DocSummary; "
+            "Ledger(sys.argv[1]).record_batch(sys.argv[2], [DocSummary(doc_id='c', source_uri='file:///c', "
+            "fingerprint='f', content_hash='h', chunks=1)], [], 'v1')")
+    subprocess.run([sys.executable, "-c", code, service.settings.resolved_ledger_url, coll], check=True)
+    assert served(["a", "c"]) and len(reads) == 4  # another process's commit
+    assert served([]) and len(reads) == 4
