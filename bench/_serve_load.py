@@ -65,14 +65,15 @@ def other_cores(start: tuple) -> float:
 
 
 @contextmanager
-def api_server(home: Path, log: Path, **env):
-    """`python -m serving.server` on a free loopback port, MILLRACE_* from `env`; yields its URL once /ready is 200."""
+def api_server(home: Path, log: Path, root: Path = ROOT, **env):
+    """`python -m serving.server` of the checkout `root` on a free loopback port, MILLRACE_* from `env`; yields its URL
+    once /ready is 200."""
     port = free_port()
     full = dict(os.environ, MILLRACE_HOME=str(home), MILLRACE_COLLECTION=COLL,
                 **{f"MILLRACE_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=root, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
     try:
         while True:
