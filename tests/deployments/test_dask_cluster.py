@@ -9,13 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-
-from tests.deployments.templates import DASK_CLUSTER
-from tests.deployments.templates import assert_settings_env
-from tests.deployments.templates import env_by_name
-from tests.deployments.templates import job_template
-from tests.deployments.templates import render
-from tests.deployments.templates import variable_defaults
+from tests.deployments.templates import (DASK_CLUSTER, assert_settings_env, env_by_name, job_template, render,
+                                         variable_defaults)
 
 pytestmark = pytest.mark.unit
 

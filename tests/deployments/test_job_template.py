@@ -10,15 +10,9 @@ import pytest
 from prefect.utilities.templating import PlaceholderType, find_placeholders
 
 from millrace.index.connect import GPU_INDEXES, SERVER_INDEXES
-from tests.deployments.templates import JOB_TEMPLATE
-from tests.deployments.templates import K8S_JOB_CONFIGURATION_FIELDS
-from tests.deployments.templates import assert_settings_env
-from tests.deployments.templates import check_job_manifest
-from tests.deployments.templates import env_by_name
-from tests.deployments.templates import job_container
-from tests.deployments.templates import job_template
-from tests.deployments.templates import render
-from tests.deployments.templates import variable_defaults
+from tests.deployments.templates import (JOB_TEMPLATE, K8S_JOB_CONFIGURATION_FIELDS, assert_settings_env,
+                                         check_job_manifest, env_by_name, job_container, job_template, render,
+                                         variable_defaults)
 
 pytestmark = pytest.mark.unit
 

@@ -9,12 +9,8 @@ import yaml
 
 from millrace.config import Settings
 from tests.conftest import ROOT
-from tests.deployments.templates import DASK_CLUSTER
-from tests.deployments.templates import GUIDE
-from tests.deployments.templates import JOB_TEMPLATE
-from tests.deployments.templates import MILVUS_VALUES
-from tests.deployments.templates import job_template
-from tests.deployments.templates import variable_defaults
+from tests.deployments.templates import (DASK_CLUSTER, GUIDE, JOB_TEMPLATE, MILVUS_VALUES, job_template,
+                                         variable_defaults)
 
 pytestmark = pytest.mark.unit
 

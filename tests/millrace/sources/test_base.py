@@ -10,13 +10,8 @@ from millrace.config import Settings
 from millrace.documents.records import doc_id_for
 from millrace.sources.base import LocalSource, open_source
 from millrace.sources.s3 import S3Source
-from millrace.uris import canonical_source_uri
-from millrace.uris import display_name
-from millrace.uris import path_to_uri
-from millrace.uris import relative_name
-from millrace.uris import s3_location
-from millrace.uris import s3_uri
-from millrace.uris import uri_to_path
+from millrace.uris import (canonical_source_uri, display_name, path_to_uri, relative_name, s3_location, s3_uri,
+                           uri_to_path)
 
 NAMES = ["audit report.txt", "café notes.txt", "100% #1 ?.txt", "a+b [x] (v2).txt", "Übersicht Mai.docx",
          "Budget 2027 (draft v2).pdf", "semi;colon,comma&amp=eq.txt", "日本語.txt"]
