@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Iterable
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from millrace.config import Settings
@@ -65,43 +65,57 @@ class EventLog:
     def remember(self, message_ids: Iterable[str], now: float | None = None) -> None:
         """Mark deliveries as handled (call only once their events are emitted) and forget very old ones."""
         now = time.time() if now is None else now
+        ids = sorted(set(message_ids))
         with self.engine.begin() as conn:
-            for message_id in set(message_ids):
-                exists = conn.execute(select(relay_messages.c.message_id)
-                                      .where(relay_messages.c.message_id == message_id)).first()
-                if exists is None:
-                    conn.execute(relay_messages.insert().values(message_id=message_id, received_at=now))
+            known: set[str] = set()
+            for i in range(0, len(ids), 500):
+                q = select(relay_messages.c.message_id).where(relay_messages.c.message_id.in_(ids[i:i + 500]))
+                known |= {row.message_id for row in conn.execute(q)}
+            if fresh := [{"message_id": m, "received_at": now} for m in ids if m not in known]:
+                conn.execute(relay_messages.insert(), fresh)
             conn.execute(delete(relay_messages).where(relay_messages.c.received_at < now - MESSAGE_RETENTION_S))
 
     def record(self, changes: Iterable[S3Change], batch_id: str = "", now: float | None = None) -> None:
         """Store each object's latest event. A change older than the stored one (notifications arrive in any order)
-        leaves the row as it is."""
+        leaves the row as it is. The stored rows are read in one query per bucket and written in two statements."""
         now, changes = (time.time() if now is None else now), coalesce(changes)
         for attempt in range(2):  # another writer may insert the same key between our read and our insert
             try:
                 with self.engine.begin() as conn:
-                    for change in changes:
-                        self._upsert(conn, change, batch_id, now)
+                    self._upsert(conn, changes, batch_id, now)
                 return
             except IntegrityError:
                 if attempt:
                     raise
 
     @staticmethod
-    def _upsert(conn, change: S3Change, batch_id: str, now: float) -> None:
-        where = (s3_last_events.c.bucket == change.bucket, s3_last_events.c.key == change.key)
-        # FOR UPDATE on a server database: concurrent writers of one key compare against what the other wrote.
-        row = conn.execute(select(s3_last_events).where(*where).with_for_update()).mappings().first()
-        if row is not None and not newer(change, _as_change(dict(row))):
-            return
-        values = dict(event=change.kind, event_name=change.event_name[:64],
-                      event_time=change.event_time.isoformat() if change.event_time else "", etag=change.etag,
-                      size=change.size, sequencer=change.sequencer, version_id=change.version_id,
-                      message_id=change.message_id, batch_id=batch_id, received_at=now)
-        if row is None:
-            conn.execute(s3_last_events.insert().values(bucket=change.bucket, key=change.key, **values))
-        else:
-            conn.execute(s3_last_events.update().where(*where).values(**values))
+    def _upsert(conn, changes: list[S3Change], batch_id: str, now: float) -> None:
+        stored: dict[tuple[str, str], S3Change] = {}
+        for bucket in {c.bucket for c in changes}:
+            keys = sorted({c.key for c in changes if c.bucket == bucket})
+            for i in range(0, len(keys), 500):
+                # FOR UPDATE on a server database: concurrent writers of one key compare against what the other wrote.
+                q = select(s3_last_events).where(s3_last_events.c.bucket == bucket,
+                                                 s3_last_events.c.key.in_(keys[i:i + 500])).with_for_update()
+                stored |= {(bucket, row["key"]): _as_change(dict(row)) for row in conn.execute(q).mappings()}
+        inserts, updates = [], []
+        for change in changes:  # coalesced: one change per object
+            at = (change.bucket, change.key)
+            if at in stored and not newer(change, stored[at]):
+                continue
+            values = dict(event=change.kind, event_name=change.event_name[:64],
+                          event_time=change.event_time.isoformat() if change.event_time else "", etag=change.etag,
+                          size=change.size, sequencer=change.sequencer, version_id=change.version_id,
+                          message_id=change.message_id, batch_id=batch_id, received_at=now)
+            if at in stored:
+                updates.append({**values, "at_bucket": change.bucket, "at_key": change.key})
+            else:
+                inserts.append({**values, "bucket": change.bucket, "key": change.key})
+        if inserts:
+            conn.execute(s3_last_events.insert(), inserts)
+        if updates:
+            conn.execute(s3_last_events.update().where(s3_last_events.c.bucket == bindparam("at_bucket"),
+                                                       s3_last_events.c.key == bindparam("at_key")), updates)
 
     def last_event(self, bucket: str, key: str) -> dict | None:
         with self.engine.connect() as conn:

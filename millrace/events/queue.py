@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Collection, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, delete, func, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, bindparam, delete, func, select
 
 from millrace import registry
 from millrace.config import Settings
@@ -61,6 +61,9 @@ rounds = Table(
     Column("finished_at", Float, nullable=False, index=True),
 )
 ROUND_RETENTION_S = 7 * 24 * 3600.0
+# What an accepted change may rewrite in a stored row (the key, source and object name the row).
+_UPDATED = ("kind", "sequencer", "event_time", "size", "origin", "updated_at", "version", "enqueued_at", "state",
+            "attempts", "next_attempt_at", "reason", "detail")
 
 
 class Change(BaseModel):
@@ -137,32 +140,53 @@ class ChangeQueue:
 
     def put(self, batch: Iterable[Change], now: float | None = None) -> int:
         """Store changes durably (one transaction); returns how many superseded what was stored. A change older
-        than the stored one is dropped; a change to a dead entry revives it."""
+        than the stored one is dropped; a change to a dead entry revives it. The stored rows are read in one query
+        and written in two statements whatever the batch's size: the relay writes a burst's deliveries as one
+        batch, and a statement built per change was most of its CPU."""
         now = time.time() if now is None else now
+        batch = list(batch)
         accepted = 0
         with self.engine.begin() as conn:
-            for change in batch:
-                key = entry_key(change.source, change.object)
-                where = (changes.c.collection == change.collection, changes.c.key == key)
-                row = conn.execute(select(changes).where(*where).with_for_update()).mappings().first()
+            rows = self._stored(conn, {(c.collection, entry_key(c.source, c.object)) for c in batch})
+            stored, touched = set(rows), set()
+            for change in batch:  # in order: a later change of the same object in the batch meets the earlier one
+                at = (change.collection, entry_key(change.source, change.object))
                 values = dict(kind=change.kind, sequencer=change.sequencer[:64], event_time=_epoch(change.event_time),
                               size=change.size, origin=change.origin[:255], updated_at=now)
+                row = rows.get(at)
                 if row is None:
-                    conn.execute(changes.insert().values(collection=change.collection, key=key, source=change.source,
-                                                         object=change.object, version=1, enqueued_at=now,
-                                                         state="pending", attempts=0, next_attempt_at=0.0, reason="",
-                                                         detail="", **values))
-                elif row["state"] == "dead" or _newer(change, dict(row)):
-                    revive = row["state"] == "dead"
-                    conn.execute(changes.update().where(*where).values(
-                        version=row["version"] + 1, state="pending",
-                        enqueued_at=now if revive else row["enqueued_at"],
-                        **({"attempts": 0, "next_attempt_at": 0.0, "reason": "", "detail": ""} if revive else {}),
-                        **values))
+                    rows[at] = dict(collection=change.collection, key=at[1], source=change.source,
+                                    object=change.object, version=1, enqueued_at=now, state="pending", attempts=0,
+                                    next_attempt_at=0.0, reason="", detail="", **values)
+                elif row["state"] == "dead" or _newer(change, row):
+                    if row["state"] == "dead":
+                        row.update(enqueued_at=now, attempts=0, next_attempt_at=0.0, reason="", detail="")
+                    row.update(version=row["version"] + 1, state="pending", **values)
                 else:
                     continue
+                touched.add(at)
                 accepted += 1
+            if inserts := [rows[at] for at in touched - stored]:
+                conn.execute(changes.insert(), inserts)
+            if updates := [{**{c: rows[at][c] for c in _UPDATED}, "at_collection": at[0], "at_key": at[1]}
+                           for at in touched & stored]:
+                conn.execute(changes.update().where(changes.c.collection == bindparam("at_collection"),
+                                                    changes.c.key == bindparam("at_key")), updates)
         return accepted
+
+    @staticmethod
+    def _stored(conn, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """The stored rows of (collection, key) pairs, locked for this transaction on a server database."""
+        found: dict[tuple[str, str], dict] = {}
+        by_collection: dict[str, list[str]] = {}
+        for collection, key in keys:
+            by_collection.setdefault(collection, []).append(key)
+        for collection, names in by_collection.items():
+            for i in range(0, len(names), 500):
+                q = select(changes).where(changes.c.collection == collection, changes.c.key.in_(names[i:i + 500]))
+                for row in conn.execute(q.with_for_update()).mappings():
+                    found[(collection, row["key"])] = dict(row)
+        return found
 
     def take(self, collection: str, max_changes: int = 1000, max_bytes: int | None = None,
              now: float | None = None, exclude: Collection[str] = ()) -> list[Entry]:

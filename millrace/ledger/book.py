@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from millrace import registry
 from millrace.config import Settings
 from millrace.documents.records import DocState, DocSummary, Failure
-from millrace.ledger.db import create_schema
+from millrace.ledger.db import create_schema, write_ahead_log
 
 meta = MetaData()
 documents = Table(
@@ -137,6 +137,8 @@ class Ledger:
             # Several processes (concurrent runs, status) share the file: wait for a writer instead of failing.
             kwargs["connect_args"] = {"timeout": 60}
         self.engine = create_engine(url, future=True, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            write_ahead_log(self.engine)
         create_schema(self.engine, meta, _migrate)
 
     def upsert_rows(self, conn, rows: Iterable[dict]) -> None:

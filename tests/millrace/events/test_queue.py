@@ -9,7 +9,7 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from millrace.events.queue import Change, ChangeQueue, entry_key
@@ -139,6 +139,44 @@ def test_round_totals(queue):
     t = queue.round_totals("c")
     assert (t["rounds"], t["changes"], t["seconds"], t["last_changes"], t["last_seconds"], t["last_finished_at"]) \
         == (2, 14, 3.0, 4, 1.0, 110.0)
+
+
+SEQUENCERS = st.one_of(st.just(""), st.integers(0, 6).map(lambda n: f"{n:04X}"))
+CHANGES = st.builds(lambda obj, collection, seq, kind, t: change(
+    obj, collection, sequencer=seq, kind=kind, event_time=None if t is None else T0 + timedelta(seconds=t)),
+    st.sampled_from(["a.pdf", "sub dir/b c.pdf", "ç#+1.txt"]), st.sampled_from(["c", "d"]), SEQUENCERS,
+    st.sampled_from(["created", "removed"]), st.one_of(st.none(), st.integers(0, 3)))
+
+
+def _rows(queue: ChangeQueue) -> list[dict]:
+    from sqlalchemy import select
+
+    from millrace.events.queue import changes
+
+    with queue.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(changes).order_by(changes.c.collection, changes.c.key)).mappings()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.lists(CHANGES, max_size=5), dead=st.sets(st.sampled_from(["a.pdf", "ç#+1.txt"])),
+       batch=st.lists(CHANGES, max_size=12))
+def test_a_batch_is_stored_exactly_as_its_changes_put_one_at_a_time(before, dead, batch):
+    """put() reads and writes a batch in a few statements (the relay's bursts); the outcome must be what putting the
+    same changes one by one, in order, gives: accepted count and every column of every row, dead entries included
+    (a change revives them), several changes of one object in one batch included."""
+    folder = tempfile.mkdtemp()
+    try:
+        one, each = (ChangeQueue(f"sqlite:///{folder}/{name}/ledger.sqlite") for name in ("batch", "single"))
+        for q in (one, each):
+            q.put(before, now=100.0)
+            for collection in ("c", "d"):
+                for e in q.take(collection, 100):
+                    if e.object in dead:
+                        assert q.retry(e, "timeout", "slow", 0.0, max_attempts=1)
+        assert one.put(batch, now=200.0) == sum(each.put([c], now=200.0) for c in batch)
+        assert _rows(one) == _rows(each)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 KEYS = ["a", "b", "c"]

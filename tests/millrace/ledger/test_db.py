@@ -47,3 +47,26 @@ def test_processes_opening_a_fresh_ledger_at_once_all_get_its_tables(tmp_path, a
 
     tables = set(inspect(create_engine(url)).get_table_names())
     assert {t.name for m in (meta, changequeue.meta, eventlog.meta) for t in m.sorted_tables} <= tables
+
+
+def test_a_reader_in_the_middle_of_a_read_does_not_hold_up_a_queue_write(tmp_path):
+    """The relay answers a sender only once its changes are committed, while the drain, the API's watermark and
+    `millrace status` read the same file. With SQLite's default rollback journal a commit waits for every open read
+    to end (here: 60 s, then "database is locked"); the ledger's engines put the file in WAL mode, where the write
+    commits at once and the reader keeps the snapshot it started with."""
+    import sqlite3
+
+    from millrace.events.queue import Change, ChangeQueue
+    from millrace.ledger.book import Ledger
+
+    path = tmp_path / "a home #1" / "ledger.sqlite"
+    Ledger(f"sqlite:///{path}")
+    queue = ChangeQueue(f"sqlite:///{path}")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM change_queue").fetchone() == (0,)  # holds a read snapshot
+    queue.put([Change(collection="c", source="s3://bucket/docs", object="café #2.pdf")])
+    assert reader.execute("SELECT count(*) FROM change_queue").fetchone() == (0,)  # its snapshot, unchanged
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT count(*) FROM change_queue").fetchone() == (1,)
+    assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
