@@ -7,6 +7,7 @@ first waits for those ports, and aborts with a message naming them rather than f
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -173,6 +174,29 @@ class Platform:
 
         ledger = clients.ledger(load_settings(home=self.ep.home))
         return {r["source_uri"]: r["fresh_s"] for r in ledger.rows(self.retriever.store.collection)}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far per kind of process on the machine (platform services, moto, this benchmark, its
+        finished child processes such as `millrace ingest`); two of them subtracted say where a phase's CPU went."""
+        import resource
+
+        import psutil
+
+        kinds = (("moto_server", "S3 (moto)"), ("prefect server", "Prefect server"), ("intake.relay", "relay"),
+                 ("milvus", "Milvus"), ("dask scheduler", "Dask scheduler"), ("multiprocessing", "Dask workers"),
+                 ("dask worker", "Dask workers"), ("prefect.engine", "flow runs"), ("prefect worker", "Prefect worker"),
+                 ("serving.server", "API"))
+        out: dict[str, float] = {}
+        for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            cmd, times = " ".join(proc.info["cmdline"] or []), proc.info["cpu_times"]
+            if times is None:
+                continue
+            kind = "benchmark (uploads, polling)" if proc.info["pid"] == os.getpid() else \
+                next((name for pattern, name in kinds if pattern in cmd), "other")
+            out[kind] = out.get(kind, 0.0) + times.user + times.system
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["finished children (millrace ingest)"] = children.ru_utime + children.ru_stime
+        return out
 
     def flow_runs(self) -> int:
         import httpx

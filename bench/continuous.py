@@ -97,11 +97,12 @@ def batch_ingest(p: Platform, prefix: str, n: int) -> dict:
     wait_empty(p, 1800)
     # The drain indexed them already: a batch ingest would find them unchanged. Ingest into a second collection.
     env = {**p.cli_env(), "MILLRACE_COLLECTION": f"batch_{p.tag}_{prefix.replace('/', '_')}"}
-    t = time.perf_counter()
+    before, t = p.cpu_seconds(), time.perf_counter()
     subprocess.run([str(Path(ROOT, ".venv", "bin", "millrace")), "ingest", f"s3://{p.bucket}/{prefix}"], env=env,
                    check=True, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - t
-    return {"docs": n, "seconds": round(seconds, 2), "docs_per_s": round(n / seconds, 3)}
+    return {"docs": n, "seconds": round(seconds, 2), "docs_per_s": round(n / seconds, 3),
+            "cpu_s": cpu_delta(before, p.cpu_seconds())}
 
 
 def step(p: Platform, rate: float, seconds: float, label: str, tail_s: float = 120.0) -> dict:
@@ -179,6 +180,12 @@ def burst(p: Platform, n: int) -> dict:
             "drain_s": round(drained, 1) if drained else None}
 
 
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per kind of process between two Platform.cpu_seconds() snapshots, largest first."""
+    spent = {k: round(v - before.get(k, 0.0), 1) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in spent.items() if v >= 0.1), key=lambda kv: -kv[1]))
+
+
 def round_costs(p: Platform) -> dict:
     """Where a drain round's time goes, from the ledger's run summaries (phase_seconds), for rounds of one change
     and for all rounds: the per-round fixed cost is what a round of one pays beyond its document."""
@@ -231,7 +238,10 @@ def main() -> None:
         result["sustainable_vs_batch"] = round(result["sustainable_rate_per_s"] / result["batch"]["docs_per_s"], 3)
         if args.burst:
             result["burst_batch"] = batch_ingest(p, "burstbatch", args.burst)
+            before = p.cpu_seconds()
             result["burst"] = burst(p, args.burst)
+            result["burst"]["cpu_s"] = cpu_delta(before, p.cpu_seconds())  # where the burst's CPU went
+            print("CPU seconds: batch", result["burst_batch"]["cpu_s"], "\nburst", result["burst"]["cpu_s"], flush=True)
             b = result["burst"]
             result["burst_vs_batch"] = round(b["drain_s"] / result["burst_batch"]["seconds"], 3) \
                 if b["drain_s"] else None
