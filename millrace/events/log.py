@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from millrace.config import Settings
 from millrace.events.s3 import S3Change, coalesce, newer
-from millrace.ledger.db import engine_for
+from millrace.ledger.db import engine_for, in_lists
 
 # Our own MetaData: these tables live in the ledger database but belong to the relay, not to the ledger's schema.
 meta = MetaData()
@@ -68,8 +68,8 @@ class EventLog:
         ids = sorted(set(message_ids))
         with self.engine.begin() as conn:
             known: set[str] = set()
-            for i in range(0, len(ids), 500):
-                q = select(relay_messages.c.message_id).where(relay_messages.c.message_id.in_(ids[i:i + 500]))
+            for some in in_lists(ids):
+                q = select(relay_messages.c.message_id).where(relay_messages.c.message_id.in_(some))
                 known |= {row.message_id for row in conn.execute(q)}
             if fresh := [{"message_id": m, "received_at": now} for m in ids if m not in known]:
                 conn.execute(relay_messages.insert(), fresh)
@@ -93,10 +93,10 @@ class EventLog:
         stored: dict[tuple[str, str], S3Change] = {}
         for bucket in {c.bucket for c in changes}:
             keys = sorted({c.key for c in changes if c.bucket == bucket})
-            for i in range(0, len(keys), 500):
+            for some in in_lists(keys):
                 # FOR UPDATE on a server database: concurrent writers of one key compare against what the other wrote.
                 q = select(s3_last_events).where(s3_last_events.c.bucket == bucket,
-                                                 s3_last_events.c.key.in_(keys[i:i + 500])).with_for_update()
+                                                 s3_last_events.c.key.in_(some)).with_for_update()
                 stored |= {(bucket, row["key"]): _as_change(dict(row)) for row in conn.execute(q).mappings()}
         inserts, updates = [], []
         for change in changes:  # coalesced: one change per object

@@ -26,7 +26,7 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, bi
 from millrace import registry
 from millrace.config import Settings
 from millrace.events.s3 import S3Change, newer
-from millrace.ledger.db import engine_for
+from millrace.ledger.db import engine_for, in_lists
 from millrace.sources.base import route_keys
 
 meta = MetaData()
@@ -178,12 +178,9 @@ class ChangeQueue:
     def _stored(conn, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         """The stored rows of (collection, key) pairs, locked for this transaction on a server database."""
         found: dict[tuple[str, str], dict] = {}
-        by_collection: dict[str, list[str]] = {}
-        for collection, key in keys:
-            by_collection.setdefault(collection, []).append(key)
-        for collection, names in by_collection.items():
-            for i in range(0, len(names), 500):
-                q = select(changes).where(changes.c.collection == collection, changes.c.key.in_(names[i:i + 500]))
+        for collection in {c for c, _ in keys}:
+            for some in in_lists(sorted(k for c, k in keys if c == collection)):
+                q = select(changes).where(changes.c.collection == collection, changes.c.key.in_(some))
                 for row in conn.execute(q.with_for_update()).mappings():
                     found[(collection, row["key"])] = dict(row)
         return found

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from millrace import registry
 from millrace.config import Settings
 from millrace.documents.records import DocState, DocSummary, Failure
-from millrace.ledger.db import create_schema, write_ahead_log
+from millrace.ledger.db import create_schema, in_lists, write_ahead_log
 
 meta = MetaData()
 documents = Table(
@@ -187,9 +187,9 @@ class Ledger:
 
     def record_deleted(self, collection: str, doc_ids: list[str], run_id: str = "") -> None:
         with self.engine.begin() as conn:
-            for i in range(0, len(doc_ids), 500):
+            for some in in_lists(doc_ids):
                 conn.execute(documents.update().where(documents.c.collection == collection,
-                                                      documents.c.doc_id.in_(doc_ids[i:i + 500]))
+                                                      documents.c.doc_id.in_(some))
                              .values(state=DocState.deleted.value, chunks=0, reason="", detail="", attempts=0,
                                      next_attempt_at=0.0, run_id=run_id, updated_at=time.time()))
 
@@ -220,9 +220,8 @@ class Ledger:
     def rows_for(self, collection: str, doc_ids: Iterable[str]) -> dict[str, dict]:
         ids, found = sorted(set(doc_ids)), {}
         with self.engine.connect() as conn:
-            for i in range(0, len(ids), 500):
-                q = select(documents).where(documents.c.collection == collection,
-                                            documents.c.doc_id.in_(ids[i:i + 500]))
+            for some in in_lists(ids):
+                q = select(documents).where(documents.c.collection == collection, documents.c.doc_id.in_(some))
                 found.update({r.doc_id: dict(r._mapping) for r in conn.execute(q)})
         return found
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
@@ -15,6 +15,16 @@ from sqlalchemy.exc import DBAPIError
 from millrace.retry import with_retries
 
 _engines: dict[tuple[str, int], Engine] = {}
+_T = TypeVar("_T")
+# Values per SQL IN list: far below SQLite's and PostgreSQL's limits on bound parameters in one statement.
+IN_LIST_SIZE = 500
+
+
+def in_lists(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`values` in slices of IN_LIST_SIZE, one IN list each."""
+    for i in range(0, len(values), IN_LIST_SIZE):
+        yield values[i:i + IN_LIST_SIZE]
+
 _engines_lock = threading.Lock()
 
 
