@@ -57,7 +57,7 @@ def process_batches(source: str, plan: planning.Plan, settings: Settings, run_id
     if runner is not None:  # a draining run's: started and warmed up once for all its rounds
         store.ensure_collection(runner.dim, model_id(settings))
         _stream(source, plan, settings, run_id, version, lease, stats, phases, runner.runner.submit, runner.slots,
-                artifacts, before_staging, functools.partial(keep_workers, runner.runner))
+                artifacts, before_staging, functools.partial(keep_workers, runner.runner), pipeline.round_batch_size)
         return
     with dask_task_runner(settings) as dask_runner:
         warm = warm_cluster(dask_runner, settings, extractor=not is_jsonl(source))  # records need no Tika
@@ -78,11 +78,12 @@ def warm_cluster(runner, settings: Settings, extractor: bool = True) -> WarmClus
 
 def _stream(source: str, plan: planning.Plan, settings: Settings, run_id: str, version: str, lease: Lease,
             stats: RunStats, phases: dict[str, float], submit, slots: int, artifacts: bool = True,
-            before_staging: Callable[[], None] | None = None, keep: Callable[[], int] | None = None) -> None:
+            before_staging: Callable[[], None] | None = None, keep: Callable[[], int] | None = None,
+            sizing: Callable[[int, int, int], int] = pipeline.batch_size_for) -> None:
     log = get_run_logger()
     store, ledger = clients.milvus_store(settings), clients.ledger(settings)
     t = time.perf_counter()
-    per_batch = pipeline.batch_size_for(plan.todo, settings.docs_per_batch, slots)
+    per_batch = sizing(plan.todo, settings.docs_per_batch, slots)
     total, allowed = -(-plan.todo // per_batch), settings.max_quarantined_fraction * plan.todo
     batches = enumerate((b for page in planning.todo_pages(ledger, settings.collection, plan)
                          for b in pipeline.make_batches(page, per_batch)), start=1)

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from millrace.documents.records import DocSummary, Failure, SourceObject
 from millrace.ledger.book import Ledger
 from millrace.ledger.plan import plan_run
-from millrace.pipeline import batch_size_for, make_batches
+from millrace.pipeline import batch_size_for, make_batches, round_batch_size
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +38,20 @@ def test_small_runs_pay_per_batch_costs_once_per_slot_not_four_times(n, slots):
         assert size == min(256, -(-n // (4 * slots)))
     else:  # small ones: batches of fewer than 32 documents only where it takes them to fill the slots
         assert size >= min(32, n // slots) or size == 256
+
+
+@given(n=st.integers(1, 20_000), slots=st.integers(1, 64), most=st.integers(1, 512))
+def test_a_draining_round_runs_in_the_fewest_waves_of_equal_batches(n, slots, most):
+    size = round_batch_size(n, 0, parallel=slots, most=most)
+    sizes = [len(b) for b in make_batches([obj(str(i)) for i in range(n)], size)]
+    assert sum(sizes) == n and 1 <= size <= most
+    # As few waves over the slots as the cap allows, and within them the smallest batches that cover the round
+    # (a wave lasts as long as its largest batch), all of one size but the last.
+    waves = -(-n // (slots * most))
+    assert -(-len(sizes) // slots) == waves
+    assert (size - 1) * slots * waves < n <= size * slots * waves
+    assert set(sizes[:-1]) <= {size}
+    assert round_batch_size(n, 7, parallel=slots) == 7  # an explicit setting wins
 
 
 def test_plan_skips_unchanged_and_finds_deleted(tmp_path):
