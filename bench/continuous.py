@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--step-s", type=float, default=300.0)
     ap.add_argument("--burst", type=int, default=2000)
     ap.add_argument("--soak-s", type=float, default=600.0)
+    ap.add_argument("--soak-rate", type=float, default=0.0,
+                    help="uploads/s of the soak (default: 80 %% of the highest sustainable step)")
     ap.add_argument("--wait-ports", type=float, default=600.0)
     args = ap.parse_args()
     result: dict = {"args": vars(args)}
@@ -248,7 +250,8 @@ def main() -> None:
             # The same bar against the bigger batch, whose fixed start-up weighs less in its docs/s.
             result["sustainable_vs_burst_batch"] = round(
                 result["sustainable_rate_per_s"] / result["burst_batch"]["docs_per_s"], 3)
-        if args.soak_s and ok:
+        soak_rate = args.soak_rate or 0.8 * result["sustainable_rate_per_s"]
+        if args.soak_s and soak_rate:
             samples, stop, t0 = [], threading.Event(), time.time()
 
             def sampler() -> None:
@@ -260,7 +263,7 @@ def main() -> None:
 
             th = threading.Thread(target=sampler, daemon=True)
             th.start()
-            soak = step(p, 0.8 * result["sustainable_rate_per_s"], args.soak_s, "soak")
+            soak = step(p, soak_rate, args.soak_s, "soak")
             stop.set()
             th.join(30)
             soak["memory"] = memory_table(samples, args.soak_s / 60)
