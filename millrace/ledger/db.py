@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from millrace.retry import with_retries
 
 _engines: dict[tuple[str, int], Engine] = {}
+_engines_lock = threading.Lock()
 _T = TypeVar("_T")
 # Values per SQL IN list: far below SQLite's and PostgreSQL's limits on bound parameters in one statement.
 IN_LIST_SIZE = 500
@@ -24,8 +25,6 @@ def in_lists(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """`values` in slices of IN_LIST_SIZE, one IN list each."""
     for i in range(0, len(values), IN_LIST_SIZE):
         yield values[i:i + IN_LIST_SIZE]
-
-_engines_lock = threading.Lock()
 
 
 def engine_for(url: str, meta: MetaData) -> Engine:
