@@ -20,6 +20,9 @@ from typing import Callable
 
 WORDS = ["heron", "sluice", "barge", "weir", "tide", "quay", "lock", "mill", "flood", "dredger", "keeper", "silt"]
 ETCD_PORTS = (2379, 2380)
+# How the bucket's notifications reach the change queue: S3 -> SNS -> the platform's relay (HTTP, one POST per
+# change), or S3 -> SQS -> `python -m intake.sqs` (long polls of up to ten messages), the common AWS wiring.
+WIRINGS = ("relay", "sqs")
 
 
 def text(i: int, tag: str) -> str:
@@ -57,8 +60,11 @@ def wait_for_etcd_ports(wait_s: float, say: Callable[[str], None] = print) -> No
 class Platform:
     """`with Platform() as p:` starts moto, the platform and the bucket wiring; leaving stops all of it, on errors too."""
 
-    def __init__(self, wait_ports_s: float = 600):
-        self.wait_ports_s, self.moto, self.home, self.ep = wait_ports_s, None, None, None
+    def __init__(self, wait_ports_s: float = 600, wiring: str = "relay"):
+        if wiring not in WIRINGS:
+            raise ValueError(f"wiring {wiring!r}: one of {', '.join(WIRINGS)}")
+        self.wait_ports_s, self.wiring, self.moto, self.home, self.ep = wait_ports_s, wiring, None, None, None
+        self.sqs_intake: subprocess.Popen | None = None
 
     def __enter__(self) -> "Platform":
         from millrace.platform import control as platform
@@ -92,19 +98,37 @@ class Platform:
         from millrace.search import Retriever
 
         self.bucket, self.tag = f"bench-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:5]
-        s3, sns = boto3.client("s3", **self.creds), boto3.client("sns", **self.creds)
+        s3 = boto3.client("s3", **self.creds)
         s3.create_bucket(Bucket=self.bucket)
-        topic = sns.create_topic(Name=self.bucket)["TopicArn"]
-        token = self.ep.token_file.read_text().strip()
-        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{self.ep.relay_url}/s3/events?token={token}")
-        s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
-            "TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+        events = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+        if self.wiring == "sqs":
+            sqs = boto3.client("sqs", **self.creds)
+            self.queue_url = sqs.create_queue(QueueName=self.bucket)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+            s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn["Attributes"]["QueueArn"], "Events": events}]})
+            self.sqs_intake = subprocess.Popen(
+                [sys.executable, "-m", "intake.sqs", "--endpoint-url", self.creds["endpoint_url"]],
+                env={**self.cli_env(), "MILLRACE_SQS_QUEUE_URL": self.queue_url, "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"},
+                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                stderr=open(self.ep.log("sqs-intake"), "ab"))
+        else:
+            sns = boto3.client("sns", **self.creds)
+            topic = sns.create_topic(Name=self.bucket)["TopicArn"]
+            token = self.ep.token_file.read_text().strip()
+            sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{self.ep.relay_url}/s3/events?token={token}")
+            s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
+                "TopicConfigurations": [{"TopicArn": topic, "Events": events}]})
         self.retriever = Retriever(load_settings(home=self.ep.home, milvus_uri=self.ep.milvus_uri))
 
     def __exit__(self, *exc) -> None:
         from millrace.platform import control as platform
 
         try:
+            if self.sqs_intake is not None:
+                self.sqs_intake.terminate()  # SIGTERM: the long poll in progress ends, then it exits
+                self.sqs_intake.wait(60)
             if self.home is not None:
                 platform.stop(self.home)
         finally:
@@ -183,6 +207,7 @@ class Platform:
         import psutil
 
         kinds = (("moto_server", "S3 (moto)"), ("prefect server", "Prefect server"), ("intake.relay", "relay"),
+                 ("intake.sqs", "SQS intake"),
                  ("milvus", "Milvus"), ("dask scheduler", "Dask scheduler"), ("multiprocessing", "Dask workers"),
                  ("dask worker", "Dask workers"), ("prefect.engine", "flow runs"), ("prefect worker", "Prefect worker"),
                  ("serving.server", "API"))
@@ -197,6 +222,19 @@ class Platform:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         out["finished children (millrace ingest)"] = children.ru_utime + children.ru_stime
         return out
+
+    def in_flight(self) -> int:
+        """Notifications sent but not yet in the change queue: the SQS queue's messages, visible or being handled
+        (0 for the relay, which answers SNS only once the change is queued)."""
+        if self.wiring != "sqs":
+            return 0
+        import boto3
+
+        client = getattr(self, "_sqs", None) or boto3.client("sqs", **self.creds)
+        self._sqs = client
+        got = client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(got["ApproximateNumberOfMessages"]) + int(got["ApproximateNumberOfMessagesNotVisible"])
 
     def flow_runs(self) -> int:
         import httpx

@@ -11,6 +11,8 @@ burst, and a soak, each compared with `millrace ingest` of the same kind of docu
    depth of the step's last quarter is at most 1.25 x its second quarter's + 2, the first quarter being the ramp-up,
    and every upload got indexed). Between steps
    the queue is left to empty, so steps do not inherit a backlog.
+   With --wiring sqs the bucket notifies an SQS queue that `python -m intake.sqs` drains into the change queue
+   (the depth then counts the messages still in SQS too); the default is SNS to the platform's relay.
 3. Burst: --burst uploads as fast as 8 threads put them; time from the first upload to the last commit, against a
    batch `millrace ingest` of the same number of files measured just before.
 4. Soak: --soak-s at 80 % of the highest sustainable rate; RSS per platform service and flow-run processes at once.
@@ -27,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _platform import Platform, percentile, text
+from _platform import WIRINGS, Platform, percentile, text
 from _util import ROOT, table, write
 from soak import memory_table, sample
 
@@ -76,10 +78,11 @@ def _doc(uri: str) -> str:
 
 
 def depth(p: Platform) -> int:
+    """Changes waiting: in the change queue, and (SQS wiring) still in SQS on their way to it."""
     from millrace import clients
 
     s = settings_of(p)
-    return clients.change_queue(s).stats(s.collection).pending
+    return clients.change_queue(s).stats(s.collection).pending + p.in_flight()
 
 
 def wait_empty(p: Platform, timeout: float) -> None:
@@ -219,10 +222,12 @@ def main() -> None:
     ap.add_argument("--soak-s", type=float, default=600.0)
     ap.add_argument("--soak-rate", type=float, default=0.0,
                     help="uploads/s of the soak (default: 80 %% of the highest sustainable step)")
+    ap.add_argument("--wiring", choices=WIRINGS, default="relay",
+                    help="S3 -> SNS -> the platform's relay, or S3 -> SQS -> python -m intake.sqs")
     ap.add_argument("--wait-ports", type=float, default=600.0)
     args = ap.parse_args()
     result: dict = {"args": vars(args)}
-    with Platform(args.wait_ports) as p:
+    with Platform(args.wait_ports, wiring=args.wiring) as p:
         result["batch"] = batch_ingest(p, "batch", args.batch)
         print(f"batch ingest: {result['batch']}", flush=True)
         steps = []

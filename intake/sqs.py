@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+import time
 
 from pydantic import BaseModel
 
@@ -73,6 +75,9 @@ class SqsIntake:
         self.settings, self.client, self.emitter = settings, client, emitter
         self.queue = clients.change_queue(settings)
         self.url = settings.sqs_queue_url
+        self.owed = 0  # changes queued since the last wake-up, not yet announced because of the pacing
+        self.woke_at = float("-inf")
+        self._pace = threading.Lock()
 
     def _call(self, what: str, fn):
         try:
@@ -130,13 +135,16 @@ class SqsIntake:
     def poll_once(self) -> PollResult:
         """Receive up to ten messages, store their changes, delete what is committed, dead-letter spent poison."""
         s = self.settings
+        # A wake-up held back by the pacing must not wait for a whole long poll to go out.
+        wait_s = min(s.sqs_wait_s, max(1, math.ceil(s.sqs_wake_every_s))) if self.owed else s.sqs_wait_s
         answer = self._call("receiving from", lambda: self.client.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=s.sqs_wait_s,
+            QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s,
             VisibilityTimeout=s.sqs_visibility_s, MessageSystemAttributeNames=["ApproximateReceiveCount"],
             MessageAttributeNames=["All"]))
         messages = answer.get("Messages", [])
         result = PollResult(received=len(messages))
         if not messages:
+            self._wake(0)
             return result
         by_id = {m["MessageId"]: m for m in messages}
         good: dict[str, list[Change]] = {}
@@ -165,8 +173,7 @@ class SqsIntake:
                 result.dead_lettered += 1
             else:
                 result.poison += 1
-        if result.queued:
-            self._wake(result.queued)
+        self._wake(result.queued)
         return result
 
     def _delete(self, messages: list[dict]) -> int:
@@ -213,6 +220,15 @@ class SqsIntake:
         return True
 
     def _wake(self, n: int) -> None:
+        """Wake the drain for `n` more changes, at most once per sqs_wake_every_s: changes held back go with the
+        next wake-up, which a later poll sends (and a run woken meanwhile takes them anyway: it drains everything
+        pending). Like the relay's, no wake-up goes while a drain runs."""
+        with self._pace:
+            self.owed += n
+            if not self.owed or time.monotonic() - self.woke_at < self.settings.sqs_wake_every_s:
+                return
+            n, self.owed = self.owed, 0
+            self.woke_at = time.monotonic()  # taken under the lock, so that two pollers do not both wake
         if self.emitter is None:
             log.debug("no PREFECT_API_URL: not waking the drain for %d changes (the sweep takes them)", n)
             return
@@ -224,11 +240,29 @@ class SqsIntake:
             log.warning("could not wake the drain: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set (a long poll in progress finishes first); SqsUnavailable ends it."""
-        while not stop.is_set():
-            result = self.poll_once()
-            if not result.received and self.settings.sqs_wait_s <= 0:
-                stop.wait(1.0)  # a short-polling queue that is empty would otherwise be asked in a busy loop
+        """Poll with sqs_receivers concurrent pollers until `stop` is set (long polls in progress finish first);
+        SqsUnavailable in any of them stops all and is raised here. Their order does not matter: the change queue
+        keeps the latest change of an object by its S3 sequencer, whichever receive brought it."""
+        failed: list[BaseException] = []
+
+        def poll() -> None:
+            try:
+                while not stop.is_set():
+                    result = self.poll_once()
+                    if not result.received and self.settings.sqs_wait_s <= 0:
+                        stop.wait(1.0)  # a short-polling queue that is empty would otherwise be asked in a busy loop
+            except BaseException as exc:
+                failed.append(exc)
+                stop.set()
+
+        pollers = [threading.Thread(target=poll, name=f"sqs-poll-{i}", daemon=True)
+                   for i in range(max(1, self.settings.sqs_receivers))]
+        for t in pollers:
+            t.start()
+        for t in pollers:
+            t.join()
+        if failed:
+            raise failed[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     sqs_max_receives: int = 5
     sqs_wait_s: int = 20
     sqs_visibility_s: int = 60
+    # At most one wake-up per this many seconds: a stream polled ten messages at a time would otherwise send one per
+    # receive, and each wake-up that finds no drain running yet makes a flow run for CANCEL_NEW to cancel.
+    sqs_wake_every_s: float = 1.0
+    # Concurrent long polls: one receive brings at most ten messages, so a burst outruns a single poller's round trips.
+    sqs_receivers: int = 4
 
     # Observability (millrace.observe.telemetry, millrace.observe.logs). traces: auto = OTLP/HTTP when an endpoint is configured
     # (otlp_endpoint, or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else JSON lines in <home>/traces; file | otlp | off.

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -53,7 +54,7 @@ def world(aws, tmp_path):
     aws.create_bucket(Bucket=name)
     cfg = Settings(home=tmp_path / "home", collection=f"c_{name[4:]}", sources=[f"s3://{name}/docs"],
                    sqs_queue_url=queue, sqs_dlq_url=dlq, sqs_max_receives=3, sqs_wait_s=0, sqs_visibility_s=1,
-                   retry_delays=[0.1])
+                   sqs_wake_every_s=0, retry_delays=[0.1])
     return dict(s3=aws, sqs=sqs, bucket=name, queue=queue, dlq=dlq, settings=cfg)
 
 
@@ -120,6 +121,33 @@ def test_uploads_become_changes_with_decoded_keys_and_are_deleted_after(world, p
     intake.emitter = PrefectEmitter("http://127.0.0.1:9/api", retry_delays=[0.1])  # a failed wake-up is not fatal
     assert drain(intake).queued == 1
     assert pending(cfg)[MESSY[1].removeprefix("docs/")].kind == "removed"
+
+
+def test_a_stream_wakes_the_drain_at_its_pace_and_every_change_is_announced(world, prefect_api):
+    """One receive per upload would be one wake-up per upload, each a flow run for CANCEL_NEW to cancel while no
+    drain runs yet. Paced, wake-ups are at least sqs_wake_every_s apart, and the changes held back go out with a
+    later one."""
+    notify(world)
+    s3, bucket = world["s3"], world["bucket"]
+    cfg = world["settings"].model_copy(update={"sqs_wake_every_s": 1.5})
+    intake = SqsIntake(cfg, sqs_client(cfg), PrefectEmitter(prefect_api))
+    uploads = [f"docs/stream {i} é#.txt" for i in range(30)]
+    started = time.monotonic()
+    for key in uploads:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+        intake.poll_once()
+    while intake.owed:  # the last changes wait for the pace, then a poll finding nothing announces them
+        time.sleep(0.2)
+        intake.poll_once()
+    elapsed = time.monotonic() - started
+    assert sorted(pending(cfg)) == sorted(k.removeprefix("docs/") for k in uploads)
+    deadline = time.monotonic() + 30
+    woken = wake_events(prefect_api, cfg.collection)
+    while sum(e["payload"]["changes"] for e in woken) < len(uploads) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        woken = wake_events(prefect_api, cfg.collection)
+    assert sum(e["payload"]["changes"] for e in woken) == len(uploads)
+    assert 2 <= len(woken) <= 1 + elapsed / cfg.sqs_wake_every_s
 
 
 def test_a_message_stays_in_sqs_until_the_change_queue_has_its_changes(world):
@@ -199,6 +227,42 @@ def test_an_unreachable_sqs_fails_loudly_after_the_retries(world):
     intake = SqsIntake(cfg, sqs_client(cfg, endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(SqsUnavailable, match="AWS_ENDPOINT_URL_SQS"):
         intake.poll_once()
+    stop = threading.Event()
+    with pytest.raises(SqsUnavailable, match="AWS_ENDPOINT_URL_SQS"):  # from a poller thread, ending them all
+        SqsIntake(cfg.model_copy(update={"sqs_receivers": 3}), intake.client).run(stop)
+    assert stop.is_set()
+
+
+def test_concurrent_pollers_queue_every_change_once_and_empty_sqs(world):
+    """Several pollers take a burst in parallel, with an overwrite and a deletion among it: the change queue ends
+    with each object's latest change, whichever poller got which message, and SQS ends empty."""
+    notify(world)
+    s3, bucket = world["s3"], world["bucket"]
+    cfg = world["settings"].model_copy(update={"sqs_receivers": 3})
+    uploads = [f"docs/burst {i} {name}" for i in range(12) for name in ("é+#.txt", "a b.md")]
+    for key in uploads:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    time.sleep(0.01)  # moto's notifications have no sequencer: their event times (ms) must order the changes
+    s3.put_object(Bucket=bucket, Key=uploads[0], Body=b"overwritten")
+    s3.delete_object(Bucket=bucket, Key=uploads[1])
+    stop = threading.Event()
+    poller = threading.Thread(target=SqsIntake(cfg, sqs_client(cfg)).run, args=(stop,))
+    poller.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (in_queue(world["sqs"], world["queue"]) or len(pending(cfg)) < len(uploads)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len([t for t in threading.enumerate() if t.name.startswith("sqs-poll-")]) == cfg.sqs_receivers
+    finally:
+        stop.set()
+        poller.join(30)
+    assert not poller.is_alive()
+    found = pending(cfg)
+    assert sorted(found) == sorted(k.removeprefix("docs/") for k in uploads)
+    assert found[uploads[1].removeprefix("docs/")].kind == "removed"
+    assert {e.kind for k, e in found.items() if k != uploads[1].removeprefix("docs/")} == {"created"}
+    assert in_queue(world["sqs"], world["queue"]) == 0
 
 
 keys = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40).filter(
