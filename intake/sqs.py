@@ -38,6 +38,7 @@ from millrace.retry import with_retries
 from millrace.sources.base import route_keys
 
 log = logging.getLogger("millrace.sqs")
+MAX_MESSAGES = 10  # SQS's most per receive
 HELP = ("check the queue URL (MILLRACE_SQS_QUEUE_URL), the endpoint (--endpoint-url or AWS_ENDPOINT_URL_SQS, "
         "unset for AWS itself), the region (AWS_REGION) and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
         "AWS_PROFILE or an instance role with sqs:ReceiveMessage, sqs:DeleteMessage and, for the DLQ, "
@@ -138,7 +139,7 @@ class SqsIntake:
         # A wake-up held back by the pacing must not wait for a whole long poll to go out.
         wait_s = min(s.sqs_wait_s, max(1, math.ceil(s.sqs_wake_every_s))) if self.owed else s.sqs_wait_s
         answer = self._call("receiving from", lambda: self.client.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s,
+            QueueUrl=self.url, MaxNumberOfMessages=MAX_MESSAGES, WaitTimeSeconds=wait_s,
             VisibilityTimeout=s.sqs_visibility_s, MessageSystemAttributeNames=["ApproximateReceiveCount"],
             MessageAttributeNames=["All"]))
         messages = answer.get("Messages", [])
@@ -240,22 +241,31 @@ class SqsIntake:
             log.warning("could not wake the drain: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll with sqs_receivers concurrent pollers until `stop` is set (long polls in progress finish first);
-        SqsUnavailable in any of them stops all and is raised here. Their order does not matter: the change queue
-        keeps the latest change of an object by its S3 sequencer, whichever receive brought it."""
+        """Poll until `stop` is set (long polls in progress finish first); SqsUnavailable in any poller stops all and
+        is raised here. One poller runs always; the other sqs_receivers - 1 join in while receives come back full
+        (a backlog one poller does not keep up with) and leave once a receive comes back short, because under a
+        steady stream more pollers only split the messages into more receives, deletes and queue writes. Their
+        order does not matter: the change queue keeps an object's latest change by its S3 sequencer."""
         failed: list[BaseException] = []
+        behind = threading.Event()
 
-        def poll() -> None:
+        def poll(extra: bool) -> None:
             try:
                 while not stop.is_set():
+                    if extra and not behind.wait(1.0):
+                        continue
                     result = self.poll_once()
+                    if result.received >= MAX_MESSAGES:
+                        behind.set()
+                    elif extra:
+                        behind.clear()
                     if not result.received and self.settings.sqs_wait_s <= 0:
                         stop.wait(1.0)  # a short-polling queue that is empty would otherwise be asked in a busy loop
             except BaseException as exc:
                 failed.append(exc)
                 stop.set()
 
-        pollers = [threading.Thread(target=poll, name=f"sqs-poll-{i}", daemon=True)
+        pollers = [threading.Thread(target=poll, args=(i > 0,), name=f"sqs-poll-{i}", daemon=True)
                    for i in range(max(1, self.settings.sqs_receivers))]
         for t in pollers:
             t.start()

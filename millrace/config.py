@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     # At most one wake-up per this many seconds: a stream polled ten messages at a time would otherwise send one per
     # receive, and each wake-up that finds no drain running yet makes a flow run for CANCEL_NEW to cancel.
     sqs_wake_every_s: float = 1.0
-    # Concurrent long polls: one receive brings at most ten messages, so a burst outruns a single poller's round trips.
+    # Long polls at once while behind: one receive brings at most ten messages, so a burst outruns a single poller.
     sqs_receivers: int = 4
 
     # Observability (millrace.observe.telemetry, millrace.observe.logs). traces: auto = OTLP/HTTP when an endpoint is configured
