@@ -87,7 +87,7 @@ bench: $(STAMP) | $(PATHWAY_STAMP)
 	$(BIN)/python bench/peers.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/incremental.py --corpus $(SCIFACT) --limit 1000
 	$(BIN)/python bench/freshness.py --uploads 20 --every 15
-	$(BIN)/python bench/continuous.py --batch 200 --rates 8,12,16,20 --step-s 300 --burst 2000 --soak-s 600
+	$(BIN)/python bench/continuous.py --batch 2000 --rates 42,45,48 --step-s 300 --burst 2000 --soak-s 600 --wiring sqs
 	$(BIN)/python bench/peer_freshness.py --rates 0.5,1,2,4,6,8,12 --step-s 60 --low-rate 0.2 --low-n 20
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/memory.py
