@@ -107,12 +107,12 @@ class Platform:
             arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
             s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
                 "QueueConfigurations": [{"QueueArn": arn["Attributes"]["QueueArn"], "Events": events}]})
+            self._log = open(self.ep.log("sqs-intake"), "ab")  # closed when the consumer is stopped
             self.sqs_intake = subprocess.Popen(
                 [sys.executable, "-m", "intake.sqs", "--endpoint-url", self.creds["endpoint_url"]],
                 env={**self.cli_env(), "MILLRACE_SQS_QUEUE_URL": self.queue_url, "AWS_ACCESS_KEY_ID": "testing",
                      "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"},
-                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-                stderr=open(self.ep.log("sqs-intake"), "ab"))
+                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=self._log)
         else:
             sns = boto3.client("sns", **self.creds)
             topic = sns.create_topic(Name=self.bucket)["TopicArn"]
@@ -129,6 +129,7 @@ class Platform:
             if self.sqs_intake is not None:
                 self.sqs_intake.terminate()  # SIGTERM: the long poll in progress ends, then it exits
                 self.sqs_intake.wait(60)
+                self._log.close()
             if self.home is not None:
                 platform.stop(self.home)
         finally:

@@ -12,7 +12,9 @@ RedrivePolicy (maxReceiveCount) has SQS move such messages to its DLQ anyway, wi
 MILLRACE_SQS_MAX_RECEIVES below that maxReceiveCount so that this consumer gets there first.
 
 After changes are queued, a `millrace.changes.pending` event on `millrace.collection.<name>` wakes the draining
-deployment (PREFECT_API_URL; without it, or when the emit fails, the scheduled sweep drains the queue instead)."""
+deployment (PREFECT_API_URL; without it, or when the emit fails, the scheduled sweep drains the queue instead), at
+most once per MILLRACE_SQS_WAKE_EVERY_S and not while a drain runs. Extra pollers (MILLRACE_SQS_RECEIVERS) join
+while the queue is behind."""
 
 from __future__ import annotations
 
