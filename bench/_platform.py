@@ -102,7 +102,7 @@ class Platform:
         s3.create_bucket(Bucket=self.bucket)
         events = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
         if self.wiring == "sqs":
-            sqs = boto3.client("sqs", **self.creds)
+            self._sqs = sqs = boto3.client("sqs", **self.creds)  # kept for in_flight()
             self.queue_url = sqs.create_queue(QueueName=self.bucket)["QueueUrl"]
             arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
             s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
@@ -229,11 +229,7 @@ class Platform:
         (0 for the relay, which answers SNS only once the change is queued)."""
         if self.wiring != "sqs":
             return 0
-        import boto3
-
-        client = getattr(self, "_sqs", None) or boto3.client("sqs", **self.creds)
-        self._sqs = client
-        got = client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[
+        got = self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
         return int(got["ApproximateNumberOfMessages"]) + int(got["ApproximateNumberOfMessagesNotVisible"])
 
