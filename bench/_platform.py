@@ -127,9 +127,11 @@ class Platform:
 
         try:
             if self.sqs_intake is not None:
-                self.sqs_intake.terminate()  # SIGTERM: the long poll in progress ends, then it exits
-                self.sqs_intake.wait(60)
-                self._log.close()
+                try:
+                    self.sqs_intake.terminate()  # SIGTERM: the long poll in progress ends, then it exits
+                    self.sqs_intake.wait(60)
+                finally:
+                    self._log.close()
             if self.home is not None:
                 platform.stop(self.home)
         finally:
