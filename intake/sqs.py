@@ -14,7 +14,8 @@ MILLRACE_SQS_MAX_RECEIVES below that maxReceiveCount so that this consumer gets 
 After changes are queued, a `millrace.changes.pending` event on `millrace.collection.<name>` wakes the draining
 deployment (PREFECT_API_URL; without it, or when the emit fails, the scheduled sweep drains the queue instead), at
 most once per MILLRACE_SQS_WAKE_EVERY_S and not while a drain runs. Extra pollers (MILLRACE_SQS_RECEIVERS) join
-while the queue is behind."""
+while the queue is behind; after a short receive the next waits MILLRACE_SQS_BATCH_WINDOW_S, so that a steady stream
+arrives in full receives."""
 
 from __future__ import annotations
 
@@ -246,8 +247,10 @@ class SqsIntake:
         """Poll until `stop` is set (long polls in progress finish first); SqsUnavailable in any poller stops all and
         is raised here. One poller runs always; the other sqs_receivers - 1 join in while receives come back full
         (a backlog one poller does not keep up with) and leave once a receive comes back short, because under a
-        steady stream more pollers only split the messages into more receives, deletes and queue writes. Their
-        order does not matter: the change queue keeps an object's latest change by its S3 sequencer."""
+        steady stream more pollers only split the messages into more receives, deletes and queue writes. For the same
+        reason a poller whose receive came back short lets sqs_batch_window_s pass from that receive's start before
+        the next: a long poll returns as soon as one message is there. Their order does not matter: the change queue
+        keeps an object's latest change by its S3 sequencer."""
         failed: list[BaseException] = []
         behind = threading.Event()
 
@@ -256,11 +259,14 @@ class SqsIntake:
                 while not stop.is_set():
                     if extra and not behind.wait(1.0):
                         continue
+                    began = time.monotonic()
                     result = self.poll_once()
                     if result.received >= MAX_MESSAGES:
                         behind.set()
                     elif extra:
                         behind.clear()
+                    elif result.received:
+                        stop.wait(max(0.0, self.settings.sqs_batch_window_s - (time.monotonic() - began)))
                     if not result.received and self.settings.sqs_wait_s <= 0:
                         stop.wait(1.0)  # a short-polling queue that is empty would otherwise be asked in a busy loop
             except BaseException as exc:

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     sqs_wake_every_s: float = 1.0
     # Long polls at once while behind: one receive brings at most ten messages, so a burst outruns a single poller.
     sqs_receivers: int = 4
+    # After a receive that came back short, wait this long before the next (Lambda's MaximumBatchingWindowInSeconds):
+    # a steady stream otherwise comes one message per receive, each with its delete and change-queue commit. The first
+    # message after a quiet spell still goes at once; 0 turns the window off.
+    sqs_batch_window_s: float = 0.25
 
     # Observability (millrace.observe.telemetry, millrace.observe.logs). traces: auto = OTLP/HTTP when an endpoint is configured
     # (otlp_endpoint, or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else JSON lines in <home>/traces; file | otlp | off.
