@@ -245,28 +245,31 @@ class SqsIntake:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set (long polls in progress finish first); SqsUnavailable in any poller stops all and
-        is raised here. One poller runs always; the other sqs_receivers - 1 join in while receives come back full
-        (a backlog one poller does not keep up with) and leave once a receive comes back short, because under a
-        steady stream more pollers only split the messages into more receives, deletes and queue writes. For the same
-        reason a poller whose receive came back short lets sqs_batch_window_s pass from that receive's start before
-        the next: a long poll returns as soon as one message is there. Their order does not matter: the change queue
-        keeps an object's latest change by its S3 sequencer."""
+        is raised here. A poller whose receive came back short lets sqs_batch_window_s pass from that receive's start
+        before the next, because a long poll returns as soon as one message is there. One poller runs always; the
+        other sqs_receivers - 1 join in once two receives in a row come back full (a backlog, more than one window of
+        a stream brings) and leave once a receive comes back short, because under a steady stream more pollers only
+        split the messages into more receives, deletes and queue writes. Their order does not matter: the change
+        queue keeps an object's latest change by its S3 sequencer."""
         failed: list[BaseException] = []
         behind = threading.Event()
 
         def poll(extra: bool) -> None:
+            full_before = False
             try:
                 while not stop.is_set():
                     if extra and not behind.wait(1.0):
                         continue
                     began = time.monotonic()
                     result = self.poll_once()
-                    if result.received >= MAX_MESSAGES:
+                    full = result.received >= MAX_MESSAGES
+                    if full and full_before:
                         behind.set()
-                    elif extra:
+                    elif not full and extra:
                         behind.clear()
-                    elif result.received:
+                    elif not full and result.received:
                         stop.wait(max(0.0, self.settings.sqs_batch_window_s - (time.monotonic() - began)))
+                    full_before = full
                     if not result.received and self.settings.sqs_wait_s <= 0:
                         stop.wait(1.0)  # a short-polling queue that is empty would otherwise be asked in a busy loop
             except BaseException as exc:
