@@ -263,11 +263,12 @@ class SqsIntake:
                     began = time.monotonic()
                     result = self.poll_once()
                     full = result.received >= MAX_MESSAGES
-                    if full and full_before:
-                        behind.set()
-                    elif not full and extra:
+                    if full:
+                        if full_before:
+                            behind.set()
+                    elif extra:
                         behind.clear()
-                    elif not full and result.received:
+                    elif result.received:
                         stop.wait(max(0.0, self.settings.sqs_batch_window_s - (time.monotonic() - began)))
                     full_before = full
                     if not result.received and self.settings.sqs_wait_s <= 0:
