@@ -53,7 +53,8 @@ _GRPC_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "AB
 # Milvus server error codes (pkg/util/merr) the server marks retriable: service unavailable, request limit, rate limit.
 _MILVUS_TRANSIENT_CODES = {2, 4, 8}
 # "collection not loaded" too: a restarted Milvus reloads its loaded collections in the background, and answers that
-# meanwhile (seen right after a standalone restart); a collection someone released fails after the retries, saying so.
+# meanwhile (seen right after a standalone restart). MilvusStore loads the collection itself on that answer; this
+# covers the race where a call lands between its load and the server's own.
 _MILVUS_TRANSIENT_TEXT = ("server unavailable", "service unavailable", "service not ready", "rate limit",
                           "statuscode.unavailable", "fail connecting to server", "connection refused",
                           "collection not loaded")

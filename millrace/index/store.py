@@ -13,7 +13,7 @@ from millrace.config import ConfigError, Settings
 from millrace.index.connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
                                      SERVER_INDEXES, build_params, choose_index, connect, pymilvus, search_params)
 from millrace.documents.records import Chunk, Hit
-from millrace.retry import is_transient, with_retries
+from millrace.retry import exception_chain, is_transient, with_retries
 
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
 SPARSE_FIELD = "sparse"  # BM25 term weights Milvus derives from `text` (a Function), for full-text and hybrid search
@@ -47,6 +47,11 @@ def collection_description(model: str, dim: int) -> str:
     return json.dumps({"millrace": {"model": model, "dim": dim}}, sort_keys=True)
 
 
+def _not_loaded(exc: BaseException) -> bool:
+    """Milvus' "collection not loaded" (merr.ErrCollectionNotLoaded), which a restarted or released collection answers."""
+    return any("collection not loaded" in str(link).lower() for link in exception_chain(exc))
+
+
 def _version(text: str) -> tuple[int, ...]:
     digits = text.lstrip("vV").split("-")[0].split(".")
     return tuple(int(d) for d in digits if d.isdigit())
@@ -65,9 +70,20 @@ class MilvusStore:
     def _call(self, op: str, *args, **kwargs):
         """One Milvus call through the one retry layer (pymilvus' own retries off, see NO_CLIENT_RETRY)."""
         method = getattr(self.client, op)
+
+        def attempt():
+            try:
+                return method(*args, **kwargs, **NO_CLIENT_RETRY)
+            except Exception as exc:
+                if op == "load_collection" or not _not_loaded(exc):
+                    raise
+                # A restarted server reloads its collections in the background, for longer than a run's retries may
+                # last on a big collection; load_collection joins that load and returns once it is done.
+                self.client.load_collection(self.collection, **NO_CLIENT_RETRY)
+                return method(*args, **kwargs, **NO_CLIENT_RETRY)
+
         try:
-            return with_retries(lambda: method(*args, **kwargs, **NO_CLIENT_RETRY), self.settings.retry_delays,
-                                what=f"Milvus {op} on {self.collection}")
+            return with_retries(attempt, self.settings.retry_delays, what=f"Milvus {op} on {self.collection}")
         except Exception as exc:
             if not is_transient(exc):
                 raise

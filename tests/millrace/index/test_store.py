@@ -201,3 +201,23 @@ def test_the_milvus_server_keeps_the_model_in_the_description(milvus_server):
         s.ensure_collection(8, model="other@sha256:0123456789abcdef")
     s.client.drop_collection("described")
     s.close()
+
+
+@pytest.mark.slow
+def test_a_released_collection_is_loaded_again_by_the_next_call_without_waiting_out_retries(milvus_server):
+    # A restarted server answers "collection not loaded" until it has reloaded a collection, which can outlast a run's
+    # retries; no retries here, so only the store's own load can make these calls succeed.
+    s = MilvusStore(Settings(milvus_uri=milvus_server, collection="released", retry_delays=[]))
+    s.ensure_collection(8)
+    try:
+        s.upsert(chunks("a", 5) + chunks("b", 3))
+        assert s.count(consistency="Strong") == 8
+        for call in (lambda: s.chunk_ids(["a"]), lambda: s.search([0, 0, 1, 0, 0, 0, 0, 0], k=1),
+                     lambda: s.count(consistency="Strong")):
+            s.client.release_collection("released")
+            assert s.client.get_load_state("released")["state"].name == "NotLoad"
+            assert call()
+        assert s.chunk_ids(["a"]) == {"a": {c.chunk_id for c in chunks("a", 5)}}
+    finally:
+        s.client.drop_collection("released")
+        s.close()
