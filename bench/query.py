@@ -54,7 +54,8 @@ def percentiles(samples: list[float]) -> dict:
 
 
 def measure(store, retriever, n_queries: int, rng) -> dict:
-    from millrace.index.store import OUTPUT_FIELDS, _SEARCH
+    from millrace.index.connect import _SEARCH
+    from millrace.index.schema import OUTPUT_FIELDS
 
     params = {"metric_type": store.settings.milvus_metric, "params": _SEARCH.get(store.index_type, {})}
     qs = rng.standard_normal((n_queries, 384), dtype=np.float32)

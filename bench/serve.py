@@ -63,7 +63,9 @@ def raw_phase(home: Path, series: dict, k: int, max_s: float, questions: list[st
     from millrace.index import versions
     from millrace.config import load_settings
     from millrace.documents.embed import Embedder
-    from millrace.index.store import _SEARCH, HYBRID_CANDIDATES, OUTPUT_FIELDS, RRF_K, SPARSE_FIELD
+    from millrace.index.connect import _SEARCH
+    from millrace.index.schema import OUTPUT_FIELDS, SPARSE_FIELD
+    from millrace.index.searching import HYBRID_CANDIDATES, RRF_K
 
     settings = load_settings(home=str(home), collection=COLL)
     store = clients.milvus_store(settings, versions.active_physical(settings))

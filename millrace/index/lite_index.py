@@ -27,7 +27,8 @@ from sqlalchemy import select
 from millrace.config import Settings
 from millrace.index import versions
 from millrace.index.connect import nlist_for
-from millrace.index.store import SPARSE_FIELD, shared_store
+from millrace.index.schema import SPARSE_FIELD
+from millrace.index.store import shared_store
 from millrace.ledger.book import documents, runs, shared_ledger
 
 IVF = "IVF_FLAT"

@@ -1,4 +1,5 @@
-"""The Milvus collection: schema, index choice per backend, idempotent upserts, search."""
+"""The Milvus collection: creation and model checks, idempotent upserts, reads, deletes, aliases, one retry layer for
+every call (its layout is millrace.index.schema, its searches millrace.index.searching)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,16 @@ import numpy as np
 from millrace import registry
 from millrace.config import ConfigError, Settings
 from millrace.index.connect import (_BUILD, _SEARCH, GPU_INDEXES, LITE_INDEXES, NO_CLIENT_RETRY,  # noqa: F401
-                                     SERVER_INDEXES, build_params, choose_index, connect, pymilvus, search_params)
+                                     SERVER_INDEXES, choose_index, connect, search_params)
 from millrace.documents.records import Chunk, Hit
+from millrace.index import schema as schema_module
+from millrace.index.schema import SPARSE_FIELD, collection_schema
+from millrace.index.searching import as_vector, search_collection
 from millrace.retry import exception_chain, is_transient, with_retries
 
-OUTPUT_FIELDS = ["doc_id", "chunk_index", "text", "source_uri", "title", "page"]
-SPARSE_FIELD = "sparse"  # BM25 term weights Milvus derives from `text` (a Function), for full-text and hybrid search
-ANALYZER = {"type": "english"}  # standard tokenizer, lowercase, English stemming and stop words
-HYBRID_CANDIDATES = 20  # per side of a hybrid search, at least (see search_many)
-RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
-# Byte limits of new collections; writes clip to the limits of the collection at hand (older ones: source_uri 2048).
-_LIMITS = {"text": 65535, "source_uri": 8192, "title": 1024}  # percent-encoded long names need the 8192
 # Milvus answers at most 16,384 rows (offset + limit) to one query.
 _QUERY_PAGE = 16384
+
 
 class MilvusUnavailable(RuntimeError):
     """A Milvus call failed transiently through every retry (the server is down or restarting)."""
@@ -32,19 +30,6 @@ class MilvusUnavailable(RuntimeError):
 def _clip(value: str, max_bytes: int) -> str:
     raw = value.encode("utf-8", "replace")
     return value if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
-
-
-def _as_vector(vector) -> np.ndarray:
-    """A 1-D float32 array (pymilvus 3.0.2 inserts and searches numpy arrays as they are, on Lite and the server)."""
-    arr = np.asarray(vector, dtype=np.float32)
-    if arr.ndim != 1:
-        raise ValueError(f"a vector must be 1-D, got shape {arr.shape}")
-    return arr
-
-
-def collection_description(model: str, dim: int) -> str:
-    """What a collection records about its vectors, in its description (Milvus keeps it with the schema)."""
-    return json.dumps({"millrace": {"model": model, "dim": dim}}, sort_keys=True)
 
 
 def _not_loaded(exc: BaseException) -> bool:
@@ -67,7 +52,7 @@ class MilvusStore:
         self._described: dict | None = None  # describe_collection of an existing collection (schema does not change)
         self._dense: dict | None = None  # search parameters of its vector index as built
 
-    def _call(self, op: str, *args, **kwargs):
+    def call(self, op: str, *args, **kwargs):
         """One Milvus call through the one retry layer (pymilvus' own retries off, see NO_CLIENT_RETRY)."""
         method = getattr(self.client, op)
 
@@ -96,12 +81,12 @@ class MilvusStore:
 
     def describe(self) -> dict:
         if self._described is None:
-            self._described = self._call("describe_collection", self.collection)
+            self._described = self.call("describe_collection", self.collection)
         return self._described
 
     def _max_bytes(self) -> dict[str, int]:
         """VARCHAR limits of this collection as created, so collections made with smaller limits still take writes."""
-        limits = dict(_LIMITS)
+        limits = dict(schema_module.LIMITS)
         for f in self.describe()["fields"]:
             if f["name"] in limits and (f.get("params") or {}).get("max_length"):
                 limits[f["name"]] = int(f["params"]["max_length"])
@@ -121,7 +106,7 @@ class MilvusStore:
         if self.settings.milvus_is_lite:
             return True
         try:
-            return _version(self._call("get_server_version")) >= (2, 5)
+            return _version(self.call("get_server_version")) >= (2, 5)
         except Exception:
             return False
 
@@ -139,7 +124,7 @@ class MilvusStore:
         self.client.close()
 
     def exists(self) -> bool:
-        found = bool(self._call("has_collection", self.collection))
+        found = bool(self.call("has_collection", self.collection))
         if not found:
             self._described = self._full_text = self._dense = None  # dropped (or never there): forget what it was
         return found
@@ -147,7 +132,6 @@ class MilvusStore:
     def ensure_collection(self, dim: int, model: str | None = None) -> None:
         """Create the collection for `dim`-d vectors of `model` (default: the configured model's id), or check that
         the existing one holds exactly those: vectors of two models are never mixed in one collection."""
-        DataType, MilvusClient = pymilvus().DataType, pymilvus().MilvusClient
         if model is None:
             from millrace.documents.embed import model_id
 
@@ -168,29 +152,7 @@ class MilvusStore:
         if self.settings.full_text == "on" and not self.engine_has_bm25():
             raise ConfigError("MILLRACE_FULL_TEXT=on needs Milvus >= 2.5 (BM25 functions); this server is older. "
                               "Use MILLRACE_FULL_TEXT=auto to index without full-text search")
-        Function, FunctionType = pymilvus().Function, pymilvus().FunctionType
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                            description=collection_description(model, dim))
-        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=128)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
-        schema.add_field("chunk_index", DataType.INT64)
-        text_opts = {"enable_analyzer": True, "analyzer_params": ANALYZER} if full_text else {}
-        schema.add_field("text", DataType.VARCHAR, max_length=_LIMITS["text"], **text_opts)
-        schema.add_field("source_uri", DataType.VARCHAR, max_length=_LIMITS["source_uri"])
-        schema.add_field("title", DataType.VARCHAR, max_length=_LIMITS["title"])
-        schema.add_field("page", DataType.INT64)
-        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("ingested_at", DataType.INT64)
-        schema.add_field("metadata", DataType.JSON)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index = self.client.prepare_index_params()
-        index.add_index("vector", index_type=self.index_type, metric_type=self.settings.milvus_metric,
-                        params=build_params(self.index_type, self.settings.milvus_nlist))
-        if full_text:
-            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
-            schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                         input_field_names=["text"], output_field_names=[SPARSE_FIELD]))
-            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        schema, index = collection_schema(self.client, self.settings, self.index_type, dim, model, full_text)
         first = iter([True])
 
         def create() -> None:
@@ -206,7 +168,7 @@ class MilvusStore:
 
     def vector_index(self) -> dict:
         """The vector field's index as Milvus describes it (type, nlist, ...)."""
-        return self._call("describe_index", self.collection, "vector")
+        return self.call("describe_index", self.collection, "vector")
 
     def dense_params(self) -> dict:
         """Search parameters for the index the collection has, which is not always the configured one (Milvus Lite
@@ -226,7 +188,7 @@ class MilvusStore:
         rows = [{"chunk_id": c.chunk_id, "doc_id": c.doc_id, "chunk_index": c.chunk_index,
                  "text": _clip(c.text, limits["text"]), "source_uri": _clip(c.source_uri, limits["source_uri"]),
                  "title": _clip(c.title, limits["title"]), "page": c.page, "content_hash": c.content_hash,
-                 "ingested_at": now, "metadata": c.metadata, "vector": _as_vector(c.vector)} for c in chunks]
+                 "ingested_at": now, "metadata": c.metadata, "vector": as_vector(c.vector)} for c in chunks]
         groups = [("upsert", rows)] if stored is None else [
             ("insert", [r for r in rows if r["chunk_id"] not in stored]),
             ("upsert", [r for r in rows if r["chunk_id"] in stored])]
@@ -252,11 +214,11 @@ class MilvusStore:
             # A Strong read waits out Milvus' time tick, and query_iterator makes three of them (setup, page, end):
             # the rows of a batch's documents come in one query, and only a full page needs the iterator.
             page = _QUERY_PAGE if "vector" not in fields else max(1, _QUERY_PAGE // 8)
-            first = self._call("query", self.collection, filter=expr, output_fields=fields, limit=page)
+            first = self.call("query", self.collection, filter=expr, output_fields=fields, limit=page)
             if len(first) < page:
                 yield from first
                 return
-        it = self._call("query_iterator", self.collection, filter=expr, output_fields=fields, batch_size=2000)
+        it = self.call("query_iterator", self.collection, filter=expr, output_fields=fields, batch_size=2000)
         try:
             # A failed page leaves the iterator's cursor where it was (it moves after a page arrives): retry it.
             what = f"Milvus query page of {self.collection}"
@@ -275,13 +237,13 @@ class MilvusStore:
     def vectors_by_hash(self, doc_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Stored vectors (1-D float32) of these documents keyed by chunk content hash, for embedding reuse."""
         rows = self.rows(doc_ids, ["content_hash", "vector"])
-        return {row["content_hash"]: _as_vector(row["vector"]) for row in rows}
+        return {row["content_hash"]: as_vector(row["vector"]) for row in rows}
 
     def delete_ids(self, ids: Iterable[str], batch: int = 1000) -> int:
         ids = sorted(ids)
         for i in range(0, len(ids), batch):
             part = ids[i:i + batch]
-            self._call("delete", self.collection, ids=part)
+            self.call("delete", self.collection, ids=part)
         return len(ids)
 
     def delete_docs(self, keep: dict[str, set[str]]) -> int:
@@ -296,7 +258,7 @@ class MilvusStore:
             return 0
         expr = f'doc_id == "{doc_id}"' if doc_id else ""
         level = {"consistency_level": consistency} if consistency else {}
-        res = self._call("query", self.collection, filter=expr, output_fields=["count(*)"], **level)
+        res = self.call("query", self.collection, filter=expr, output_fields=["count(*)"], **level)
         return int(res[0]["count(*)"])
 
     # Aliases (a Milvus server; milvus-lite 2.5.1 answers UNIMPLEMENTED to every alias call, see millrace.index.versions).
@@ -305,7 +267,7 @@ class MilvusStore:
         from pymilvus.exceptions import MilvusException
 
         try:
-            return str(self._call("describe_alias", alias)["collection_name"])
+            return str(self.call("describe_alias", alias)["collection_name"])
         except MilvusException as exc:
             if exc.code == 1600 or "alias not found" in str(exc.message).lower():  # merr.ErrAliasNotFound
                 return None
@@ -315,21 +277,21 @@ class MilvusStore:
         """Make `alias` name this collection: alter_alias moves it in one step, so a reader never finds it missing."""
         current = self.describe_alias(alias)
         if current is None:
-            self._call("create_alias", self.collection, alias)
+            self.call("create_alias", self.collection, alias)
         elif current != self.collection:
-            self._call("alter_alias", self.collection, alias)
+            self.call("alter_alias", self.collection, alias)
 
     def drop_alias(self, alias: str) -> None:
-        self._call("drop_alias", alias)
+        self.call("drop_alias", alias)
 
     def load(self) -> None:
         """Load the collection into memory (a server searches only loaded collections; a no-op once loaded)."""
-        self._call("load_collection", self.collection)
+        self.call("load_collection", self.collection)
 
     def drop(self) -> None:
         """Drop the collection. Milvus 2.3 drops one that an alias names without complaint: callers check first."""
         if self.exists():
-            self._call("drop_collection", self.collection)
+            self.call("drop_collection", self.collection)
         self._described = self._full_text = self._dense = None
 
     def missing(self) -> ConfigError:
@@ -345,55 +307,7 @@ class MilvusStore:
         """Top-k chunks per query: `dense` (vectors), `bm25` (texts) or `hybrid` (both, fused by RRF).
 
         `group_by_doc` returns at most one chunk (the best) per document, for document-level ranking."""
-        if mode not in ("dense", "bm25", "hybrid"):
-            raise ConfigError(f"unknown search mode {mode!r}: use dense, bm25 or hybrid")
-        if mode != "dense" and not self.has_full_text():
-            if not self.exists():
-                raise self.missing()
-            raise ConfigError(f"collection {self.collection} has no BM25 field, so {mode} search is impossible: it "
-                              "was created before full-text indexing or on a Milvus < 2.5. Re-create it (ingest into a "
-                              "new --collection) on Milvus Lite or Milvus >= 2.5")
-        mp = pymilvus()
-        vectors = [_as_vector(v) for v in vectors]  # lists, numpy rows or a 2-D array: all float32 rows
-        group = {"group_by_field": "doc_id"} if group_by_doc else {}
-        dense = {"metric_type": self.settings.milvus_metric, "params": self.dense_params()}
-        # Searches need not wait for Strong consistency (counts and reconciliation do): on a server, Strong makes
-        # every search wait for the next time tick, ~200 ms (bench/query.py measured 200 ms p50 at 10k rows).
-        level = {"consistency_level": consistency or self.settings.search_consistency}
-        # Whether the collection exists is asked only when a search fails: one round trip less on every search.
-        try:
-            if mode == "dense":
-                res = self._call("search", self.collection, data=vectors, anns_field="vector", limit=k, filter=expr,
-                                 output_fields=OUTPUT_FIELDS, search_params=dense, **group, **level)
-            elif mode == "bm25":
-                res = self._call("search", self.collection, data=texts, anns_field=SPARSE_FIELD, limit=k,
-                                 filter=expr, output_fields=OUTPUT_FIELDS, search_params={"metric_type": "BM25"},
-                                 **group, **level)
-            else:
-                # Fuse chunk rankings and group afterwards. Milvus' group_by in hybrid_search groups each sub-search
-                # before fusion: on SciFact that scored nDCG@10 0.530 against 0.709 for fusing chunks then grouping.
-                # Each side contributes candidates beyond k: with k candidates a side, a chunk ranked 1st by BM25 and
-                # absent from the dense list ties with the dense 1st absent from BM25's, and k=1 is a coin toss.
-                fetch = min(3 * k, 16384) if group_by_doc else min(max(2 * k, HYBRID_CANDIDATES), 16384)
-                reqs = [mp.AnnSearchRequest(data=vectors, anns_field="vector", param=dense, limit=fetch,
-                                            expr=expr or None),
-                        mp.AnnSearchRequest(data=texts, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
-                                            limit=fetch, expr=expr or None)]
-                res = self._call("hybrid_search", self.collection, reqs=reqs, ranker=mp.RRFRanker(RRF_K),
-                                 limit=fetch, output_fields=OUTPUT_FIELDS, **level)
-        except Exception:
-            if not self.exists():
-                raise self.missing() from None
-            raise
-        out = []
-        for hits in res:
-            found = [Hit(score=float(r["distance"]), chunk_id=str(r["id"]), collection=self.collection,
-                         **{f: r["entity"][f] for f in OUTPUT_FIELDS}) for r in hits]
-            if group_by_doc:
-                seen: set[str] = set()
-                found = [h for h in found if h.doc_id not in seen and not seen.add(h.doc_id)]
-            out.append(found[:k])
-        return out
+        return search_collection(self, vectors, texts, k, expr, mode, group_by_doc, consistency)
 
 
 def shared_store(settings: Settings, collection: str | None = None) -> MilvusStore:

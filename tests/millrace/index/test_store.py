@@ -181,7 +181,7 @@ def test_long_encoded_names_fit_and_old_collections_clip_to_their_own_limit(tmp_
     docs[0].source_uri = long_uri
     new.upsert(docs)
     assert next(new.rows(["a"], ["source_uri"]))["source_uri"] == long_uri
-    monkeypatch.setattr("millrace.index.store._LIMITS", {"text": 65535, "source_uri": 2048, "title": 1024})
+    monkeypatch.setattr("millrace.index.schema.LIMITS", {"text": 65535, "source_uri": 2048, "title": 1024})
     new.collection = "old"  # created the way a version with the 2048-byte limit created it
     new.ensure_collection(8)
     monkeypatch.undo()
